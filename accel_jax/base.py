@@ -1,0 +1,178 @@
+"""The protocol, and the stateless helpers every transformation uses.
+
+accel_jax uses optax's protocol types as its own, so an accel_jax transformation
+is an optax transformation and the other way round::
+
+    init(params) -> state
+    update(updates, state, params=None, **extra_args) -> (new_updates, new_state)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+
+GradientTransformation = optax.GradientTransformation
+GradientTransformationExtraArgs = optax.GradientTransformationExtraArgs
+Schedule = optax.Schedule
+Params = optax.Params
+Updates = optax.Updates
+OptState = optax.OptState
+EmptyState = optax.EmptyState
+
+ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
+
+
+def identity() -> GradientTransformation:
+    """The transformation that returns the updates unchanged (state: ``EmptyState``).
+
+    >>> import jax.numpy as jnp, accel_jax as aj
+    >>> tx = aj.identity()
+    >>> tx.update({"w": jnp.ones(2)}, tx.init(None))[0]["w"].tolist()
+    [1.0, 1.0]
+    """
+
+    def init_fn(params):
+        del params
+        return EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+        return updates, state
+
+    return GradientTransformation(init_fn, update_fn)
+
+
+def is_float0(x: Any) -> bool:
+    """True for the ``float0`` gradients JAX returns for integer leaves."""
+    return getattr(x, "dtype", None) == jax.dtypes.float0
+
+
+def is_trainable(x: Any) -> bool:
+    """True for leaves an optimizer acts on: inexact (floating or complex) arrays."""
+    return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)
+
+
+def leafwise(fn: Callable[..., Any], keep: int = 0) -> Callable[..., Any]:
+    """Wraps a per-leaf function so leaves that are not trainable pass through.
+
+    ``leafwise(fn, keep=k)(g, *rest)`` returns ``fn(g, *rest)`` when ``g`` is an
+    inexact array and the ``k``-th argument unchanged otherwise (the ``float0``
+    gradient of an integer parameter, say). Used with ``jax.tree.map`` so every
+    transformation lets integer leaves through without touching them.
+    """
+
+    def wrapped(g, *rest):
+        if not is_trainable(g):
+            return (g, *rest)[keep]
+        return fn(g, *rest)
+
+    return wrapped
+
+
+def zeros_like_tree(params: Params, dtype: Any = None) -> Any:
+    """Zeros shaped like ``params`` (``dtype`` if given, for inexact leaves only)."""
+
+    def zeros(p):
+        p = jnp.asarray(p)
+        if dtype is not None and jnp.issubdtype(p.dtype, jnp.inexact):
+            return jnp.zeros(p.shape, dtype)
+        return jnp.zeros(p.shape, p.dtype)
+
+    return jax.tree.map(zeros, params)
+
+
+def full_like_tree(params: Params, value: float, dtype: Any = None) -> Any:
+    """``value`` everywhere, shaped like ``params`` (``dtype`` if given, inexact leaves only)."""
+
+    def full(p):
+        p = jnp.asarray(p)
+        d = dtype if dtype is not None and jnp.issubdtype(p.dtype, jnp.inexact) else p.dtype
+        return jnp.full(p.shape, value, d)
+
+    return jax.tree.map(full, params)
+
+
+def compute_dtype(*leaves: Any) -> Any:
+    """The dtype a per-leaf computation runs in: the widest of the leaves' dtypes.
+
+    bf16 gradients with float32 moments are computed in float32; the result is
+    cast back to each output's own dtype by the caller.
+    """
+    return jnp.result_type(*(leaf.dtype for leaf in leaves))
+
+
+def check_structure(updates: Any, reference: Any, what: str) -> None:
+    """Raises ``ValueError`` naming the first path where two pytrees differ.
+
+    Runs at trace time (no cost inside ``jit``): ``update`` calls it so a tree that
+    does not match the optimizer state fails at the first call, with the path.
+    """
+    if jax.tree.structure(updates) == jax.tree.structure(reference):
+        return
+    is_none = lambda x: x is None
+    got = jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_none)[0]
+    want = jax.tree_util.tree_flatten_with_path(reference, is_leaf=is_none)[0]
+    got_paths = [jax.tree_util.keystr(p) for p, _ in got]
+    want_paths = [jax.tree_util.keystr(p) for p, _ in want]
+    for g, w in zip(got_paths, want_paths, strict=False):
+        if g != w:
+            raise ValueError(
+                f"updates do not match {what}: first mismatch at path {g or '<root>'!s} "
+                f"(expected {w or '<root>'!s}). The updates must have the structure of "
+                "the params the optimizer state was initialised with."
+            )
+    longer, label = (got_paths, "updates") if len(got_paths) > len(want_paths) else (
+        want_paths,
+        what,
+    )
+    extra = longer[min(len(got_paths), len(want_paths))] if longer else "<root>"
+    raise ValueError(
+        f"updates do not match {what}: path {extra or '<root>'} exists only in {label} "
+        f"({len(got_paths)} leaves in updates, {len(want_paths)} in {what})."
+    )
+
+
+def apply_updates(params: Params, updates: Updates) -> Params:
+    """Returns ``params + updates``, leaf by leaf, keeping each param's dtype.
+
+    ``None`` leaves and non-trainable leaves (integer params, whose gradient is
+    ``float0``) are returned unchanged.
+
+    >>> import jax.numpy as jnp, accel_jax as aj
+    >>> aj.apply_updates({"w": jnp.ones(2)}, {"w": jnp.full(2, -0.5)})["w"].tolist()
+    [0.5, 0.5]
+    """
+
+    def add(p, u):
+        if u is None or p is None or not is_trainable(jnp.asarray(p)) or is_float0(u):
+            return p
+        p = jnp.asarray(p)
+        return (p + u.astype(p.dtype)).astype(p.dtype)
+
+    return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)
+
+
+def update_moment(updates: Updates, moments: Any, decay: jax.Array, order: int) -> Any:
+    """Exponential moving average of ``g**order`` (``|g|**2`` for complex ``g``), leafwise::
+
+        m <- decay * m + (1 - decay) * g**order
+
+    computed in the wider of the gradient's and the moment's dtype and stored in
+    the moment's dtype. Non-trainable leaves keep their moment unchanged.
+    """
+
+    def moment(g, m):
+        dt = compute_dtype(g, m)
+        g = g.astype(dt)
+        x = g if order == 1 else (jnp.abs(g) ** 2 if jnp.iscomplexobj(g) else g * g)
+        if order not in (1, 2):
+            x = jnp.abs(g) ** order
+        d = decay.astype(dt)
+        return (d * m.astype(dt) + (1 - d) * x).astype(m.dtype)
+
+    return jax.tree.map(leafwise(moment, keep=1), updates, moments)

@@ -1,0 +1,1 @@
+"""Building blocks: one module per kind of transformation."""
