@@ -98,12 +98,17 @@ def full_like_tree(params: Params, value: float, dtype: Any = None) -> Any:
 
 
 def compute_dtype(*leaves: Any) -> Any:
-    """The dtype a per-leaf computation runs in: the widest of the leaves' dtypes.
+    """The dtype a per-leaf computation runs in: the widest of the leaves' dtypes, at least float32.
 
-    bf16 gradients with float32 moments are computed in float32; the result is
-    cast back to each output's own dtype by the caller.
+    Low-precision leaves (bf16 params, bf16 moments) are computed in float32 and
+    the result is cast back to each output's own dtype by the caller: in bf16,
+    ``0.999`` rounds to ``1.0`` and ``1 - b2`` would vanish. The step is memory
+    bound, so the wider arithmetic costs nothing measurable.
     """
-    return jnp.result_type(*(leaf.dtype for leaf in leaves))
+    dtypes = [jnp.dtype(leaf.dtype) for leaf in leaves] + [jnp.dtype(jnp.float32)]
+    # Widest first: complex over real, then by size (jnp.result_type refuses bf16 + f32
+    # under strict promotion, which is exactly the mix this must handle).
+    return max(dtypes, key=lambda d: (jnp.issubdtype(d, jnp.complexfloating), d.itemsize))
 
 
 def check_structure(updates: Any, reference: Any, what: str) -> None:
@@ -147,6 +152,8 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     >>> aj.apply_updates({"w": jnp.ones(2)}, {"w": jnp.full(2, -0.5)})["w"].tolist()
     [0.5, 0.5]
     """
+
+    check_structure(updates, params, "the params")
 
     def add(p, u):
         if u is None or p is None or not is_trainable(jnp.asarray(p)) or is_float0(u):

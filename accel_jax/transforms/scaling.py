@@ -8,7 +8,13 @@ import jax
 import jax.numpy as jnp
 
 from accel_jax import _validation as v
-from accel_jax.base import EmptyState, GradientTransformation, ScalarOrSchedule, leafwise
+from accel_jax.base import (
+    EmptyState,
+    GradientTransformation,
+    ScalarOrSchedule,
+    compute_dtype,
+    leafwise,
+)
 from accel_jax.hyperparams import current_hyperparams, increment, init_hyperparams
 
 
@@ -28,7 +34,10 @@ def scale(factor: float) -> GradientTransformation:
 
     def update_fn(updates, state, params=None):
         del params
-        return jax.tree.map(leafwise(lambda g: g * jnp.asarray(factor, g.dtype)), updates), state
+        def rescale(g):
+            return (g.astype(compute_dtype(g)) * factor).astype(g.dtype)
+
+        return jax.tree.map(leafwise(rescale), updates), state
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -66,7 +75,11 @@ def scale_by_learning_rate(
         del params
         hp = current_hyperparams(specs, state.hyperparams, state.count)
         step = -hp["learning_rate"] if flip_sign else hp["learning_rate"]
-        updates = jax.tree.map(leafwise(lambda g: g * step.astype(g.dtype)), updates)
+        def rescale(g):
+            dt = compute_dtype(g)
+            return (g.astype(dt) * step.astype(dt)).astype(g.dtype)
+
+        updates = jax.tree.map(leafwise(rescale), updates)
         return updates, ScaleByLearningRateState(increment(state.count), hp)
 
     return GradientTransformation(init_fn, update_fn)
