@@ -74,27 +74,23 @@ def leafwise(fn: Callable[..., Any], keep: int = 0) -> Callable[..., Any]:
     return wrapped
 
 
+def _state_dtype(p: Any, dtype: Any) -> Any:
+    return dtype if dtype is not None and jnp.issubdtype(p.dtype, jnp.inexact) else p.dtype
+
+
 def zeros_like_tree(params: Params, dtype: Any = None) -> Any:
-    """Zeros shaped like ``params`` (``dtype`` if given, for inexact leaves only)."""
+    """Zeros shaped like ``params`` (``dtype`` if given, for inexact leaves only).
 
-    def zeros(p):
-        p = jnp.asarray(p)
-        if dtype is not None and jnp.issubdtype(p.dtype, jnp.inexact):
-            return jnp.zeros(p.shape, dtype)
-        return jnp.zeros(p.shape, p.dtype)
-
-    return jax.tree.map(zeros, params)
+    Built with ``zeros_like``, so an ``init`` called on sharded params returns
+    state with the same sharding. (Under ``jax.jit`` nothing propagates from an
+    unused input: give ``out_shardings`` to a jitted ``init``.)
+    """
+    return jax.tree.map(lambda p: jnp.zeros_like(p, dtype=_state_dtype(p, dtype)), params)
 
 
 def full_like_tree(params: Params, value: float, dtype: Any = None) -> Any:
-    """``value`` everywhere, shaped like ``params`` (``dtype`` if given, inexact leaves only)."""
-
-    def full(p):
-        p = jnp.asarray(p)
-        d = dtype if dtype is not None and jnp.issubdtype(p.dtype, jnp.inexact) else p.dtype
-        return jnp.full(p.shape, value, d)
-
-    return jax.tree.map(full, params)
+    """``value`` everywhere, shaped (and sharded) like ``params``; ``dtype`` as above."""
+    return jax.tree.map(lambda p: jnp.full_like(p, value, dtype=_state_dtype(p, dtype)), params)
 
 
 def compute_dtype(*leaves: Any) -> Any:
