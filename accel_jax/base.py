@@ -114,6 +114,7 @@ def check_structure(updates: Any, reference: Any, what: str) -> None:
     does not match the optimizer state fails at the first call, with the path.
     """
     if jax.tree.structure(updates) == jax.tree.structure(reference):
+        _check_shapes(updates, reference, what)
         return
     is_none = lambda x: x is None
     got = jax.tree_util.tree_flatten_with_path(updates, is_leaf=is_none)[0]
@@ -136,6 +137,18 @@ def check_structure(updates: Any, reference: Any, what: str) -> None:
         f"updates do not match {what}: path {extra or '<root>'} exists only in {label} "
         f"({len(got_paths)} leaves in updates, {len(want_paths)} in {what})."
     )
+
+
+def _check_shapes(updates: Any, reference: Any, what: str) -> None:
+    """Same structure: every leaf must also have its reference's shape (no silent broadcast)."""
+    got = jax.tree_util.tree_flatten_with_path(updates)[0]
+    for (path, u), r in zip(got, jax.tree.leaves(reference), strict=True):
+        u_shape, r_shape = getattr(u, "shape", None), getattr(r, "shape", None)
+        if u_shape is not None and r_shape is not None and tuple(u_shape) != tuple(r_shape):
+            raise ValueError(
+                f"updates do not match {what}: at path {jax.tree_util.keystr(path)} the update "
+                f"has shape {tuple(u_shape)} but {what} has shape {tuple(r_shape)}."
+            )
 
 
 def apply_updates(params: Params, updates: Updates) -> Params:

@@ -56,3 +56,16 @@ def test_check_structure_names_first_mismatching_path(updates, message):
     with pytest.raises(ValueError, match=message):
         check_structure(updates, reference, "the optimizer state")
     check_structure(reference, reference, "the optimizer state")  # no error
+
+
+def test_check_structure_reports_shape_mismatch_by_path():
+    with pytest.raises(ValueError, match=r"\['b'\].*shape \(3,\).*shape \(1,\)"):
+        check_structure({"a": jnp.ones(1), "b": jnp.ones(3)}, {"a": jnp.ones(1), "b": jnp.ones(1)},
+                        "the optimizer state")
+
+
+def test_optimizer_rejects_a_gradient_of_the_wrong_shape():
+    tx = aj.adam(1e-3)
+    state = tx.init({"w": jnp.ones((2, 3))})
+    with pytest.raises(ValueError, match=r"\['w'\].*\(3, 2\)"):
+        tx.update({"w": jnp.ones((3, 2))}, state)
