@@ -61,9 +61,52 @@ from accel_jax.transforms.scaling import (
 )
 
 # --- schedules (issue 3) ---
+from accel_jax.schedules import (
+    constant_schedule,
+    cosine_decay,
+    cosine_restarts,
+    exponential_decay,
+    join_schedules,
+    linear_schedule,
+    one_cycle,
+    one_cycle_momentum,
+    piecewise_constant,
+    polynomial_schedule,
+    power_decay,
+    step_decay,
+    warmup,
+)
 # --- performance scheduling, learning-rate range test (issue 3) ---
+from accel_jax.lr_finder import SUGGESTION_RULES, LRFinderResult, find_learning_rate
+from accel_jax.transforms.plateau import ReduceOnPlateauState, apply_gradients, reduce_on_plateau
 # --- regularization, sparsity, robustness (issue 4) ---
+from accel_jax.transforms.accumulation import AccumulateGradientsState, accumulate_gradients
+from accel_jax.transforms.averaging import AverageParamsState, average_params, averaged_params
+from accel_jax.transforms.clipping import (
+    adaptive_grad_clip,
+    clip,
+    clip_by_global_norm,
+    global_norm,
+    unit_norms,
+)
+from accel_jax.transforms.guards import SkipNonFiniteState, skip_non_finite
+from accel_jax.transforms.regularization import (
+    L1ProximalState,
+    PruneByMagnitudeState,
+    l1_proximal,
+    max_norm,
+    polynomial_sparsity,
+    prune_by_magnitude,
+)
+
 # --- performance (issue 6) ---
+from accel_jax.fused import FlatLayout, apply_step, flatten_params, make_step
+from accel_jax.transforms.quantized import (
+    QuantizedArray,
+    ScaleByAdam8bitState,
+    scale_by_adam_8bit,
+    state_bytes,
+)
 
 __version__ = "0.1.0"
 

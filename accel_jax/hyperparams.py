@@ -58,6 +58,11 @@ def _has_hyperparams(node: Any) -> bool:
 def get_hyperparams(opt_state: Any) -> dict[str, jax.Array]:
     """Every hyperparameter found in ``opt_state``, as ``{name: value}``.
 
+    The values are those the last ``update`` used (right after ``init``: those the
+    first update will use), so logging ``get_hyperparams(state)`` after a step
+    logs the learning rate, momentum, betas (and a plateau ``scale``) of that step,
+    whatever the chain looks like, for numbers and schedules alike.
+
     A name that occurs in several transformations (a ``partition`` with one
     learning rate per group, say) is reported once per occurrence, keyed by the
     state path and the name (``"[1].inner_states['head'][2]/learning_rate"``);
@@ -84,30 +89,46 @@ def get_hyperparams(opt_state: Any) -> dict[str, jax.Array]:
 
 
 def set_hyperparams(opt_state: Any, **values: Any) -> Any:
-    """Returns ``opt_state`` with the named hyperparameters replaced everywhere.
+    """Returns ``opt_state`` with the named hyperparameters replaced.
+
+    A bare name (``learning_rate=0.01``) replaces that hyperparameter everywhere
+    in the state; a key as :func:`get_hyperparams` reports it for a name that
+    occurs several times (``**{"[1].inner_states['head'][2]/learning_rate": 0.01}``)
+    replaces that occurrence only, so
+    ``set_hyperparams(s, **{k: f(v) for k, v in get_hyperparams(s).items()})``
+    round-trips. Raises ``KeyError`` for a name found nowhere in the state.
 
     Only hyperparameters given as numbers are read back from state; one given as
     a schedule is recomputed from the step count at the next update, so setting
-    it has no effect. Raises ``KeyError`` for a name found nowhere in the state.
-    The replaced values keep their dtype and shape, so a jitted step that takes
-    the state as an argument does not recompile.
+    it has no effect. The replaced values keep their dtype and shape, so a jitted
+    step that takes the state as an argument does not recompile.
+
+    >>> import jax.numpy as jnp, accel_jax as aj
+    >>> tx = aj.sgd(0.1)
+    >>> state = aj.set_hyperparams(tx.init({"w": jnp.zeros(1)}), learning_rate=0.5)
+    >>> tx.update({"w": jnp.ones(1)}, state)[0]["w"].tolist()
+    [-0.5]
     """
     seen: set[str] = set()
 
-    def replace(node):
+    def replace(path, node):
         if not _has_hyperparams(node):
             return node
         hp = dict(node.hyperparams)
-        for name, value in values.items():
-            if name in hp:
-                hp[name] = jnp.asarray(value, hp[name].dtype).reshape(hp[name].shape)
-                seen.add(name)
+        prefix = jax.tree_util.keystr(path)
+        for name in hp:
+            for key in (f"{prefix}/{name}", name):
+                if key in values:
+                    hp[name] = jnp.asarray(values[key], hp[name].dtype).reshape(hp[name].shape)
+                    seen.add(key)
+                    break
         return node._replace(hyperparams=hp)
 
-    new_state = jax.tree.map(replace, opt_state, is_leaf=_has_hyperparams)
+    new_state = jax.tree_util.tree_map_with_path(replace, opt_state, is_leaf=_has_hyperparams)
     missing = sorted(set(values) - seen)
     if missing:
-        available = sorted({k.rsplit("/", 1)[-1] for k in get_hyperparams(opt_state)})
+        keys = get_hyperparams(opt_state)
+        available = sorted(set(keys) | {k.rsplit("/", 1)[-1] for k in keys})
         raise KeyError(
             f"no hyperparameter named {missing} in the optimizer state; available: {available}"
         )

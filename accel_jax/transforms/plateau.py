@@ -1,0 +1,201 @@
+"""Performance scheduling: reduce the step size when a monitored value stops improving."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from accel_jax import _validation as v
+from accel_jax.base import GradientTransformationExtraArgs, apply_updates, leafwise
+from accel_jax.hyperparams import float_dtype, increment
+
+PLATEAU_CONVENTIONS = ("torch", "keras")
+
+
+class ReduceOnPlateauState(NamedTuple):
+    """State of :func:`reduce_on_plateau`; every field is an array.
+
+    ``hyperparams["scale"]`` (also ``state.scale``) is the factor the updates are
+    multiplied by, reported by :func:`accel_jax.get_hyperparams` as ``"scale"``.
+    """
+
+    count: jax.Array  # int32: values received
+    hyperparams: dict[str, jax.Array]  # {"scale": current scale}
+    best_value: jax.Array  # best (window-averaged) value so far
+    plateau_count: jax.Array  # int32: evaluations without improvement (torch: num_bad_epochs)
+    cooldown_count: jax.Array  # int32: evaluations of cooldown left
+    accumulated_value: jax.Array  # sum of the values of the current window
+
+    @property
+    def scale(self) -> jax.Array:
+        return self.hyperparams["scale"]
+
+
+def reduce_on_plateau(
+    factor: float = 0.1,
+    patience: int = 10,
+    *,
+    mode: str = "min",
+    threshold: float = 1e-4,
+    threshold_mode: str | None = None,
+    cooldown: int = 0,
+    min_scale: float = 0.0,
+    accumulation_size: int = 1,
+    convention: str = "torch",
+) -> GradientTransformationExtraArgs:
+    """Performance scheduling: multiplies the updates by a scale that drops on plateaus.
+
+    ``update(updates, state, params, value=v)`` takes the monitored value ``v``
+    (a loss for ``mode="min"``, an accuracy for ``mode="max"``) and multiplies the
+    updates by the current ``scale`` (1 at first). Every ``accumulation_size``
+    updates the mean of the values fed is one *evaluation*, judged as torch's
+    ``ReduceLROnPlateau`` judges one epoch:
+
+    * it *improves* on the best evaluation so far when
+      ``value < best - margin`` (``mode="min"``) or ``value > best + margin``
+      (``"max"``), with ``margin = threshold * |best|`` (``threshold_mode="rel"``)
+      or ``margin = threshold`` (``"abs"``); the first evaluation always improves,
+      and a NaN never does;
+    * after ``patience + 1`` evaluations in a row without improvement the scale is
+      multiplied by ``factor`` (never below ``min_scale``) and the next
+      ``cooldown`` evaluations are not counted.
+
+    The decision on the value fed with an update applies to that update. Placed
+    last in a chain the scale multiplies the whole step, which is lowering the
+    learning rate. The scale is ``state.scale`` and ``get_hyperparams(state)["scale"]``
+    (the effective learning rate is ``learning_rate * scale``);
+    ``set_hyperparams(state, scale=1.0)`` resets it.
+
+    **Negative values.** torch's relative threshold compares with
+    ``best * (1 - threshold)``, which lies *above* a negative ``best``, so torch
+    counts a worse negative value as an improvement and never reduces. Here the
+    margin is ``threshold * |best|``: the same as torch for positive values,
+    correct for negative ones. The absolute threshold is the same in both.
+
+    ``convention="keras"`` reads ``patience`` and ``cooldown`` as Keras'
+    ``ReduceLROnPlateau`` does (it reduces after ``patience`` evaluations without
+    improvement, and its cooldown spans one evaluation less) and defaults to
+    ``threshold_mode="abs"`` (Keras' ``min_delta``); otherwise the semantics are
+    torch's (``threshold_mode="rel"`` by default). Exactly: Keras' ``patience=p,
+    cooldown=c`` is torch's ``patience=max(p - 1, 0), cooldown=max(c - 1, 0)``.
+    torch's ``min_lr`` is ``min_scale * lr``; torch's ``eps`` is not used.
+
+    Under ``pmap`` or ``shard_map`` feed the same value on every device (a
+    ``pmean`` of the loss). Flax's ``TrainState.apply_gradients`` does not forward
+    ``value=``: use :func:`apply_gradients` (``nnx.Optimizer.update(model, grads,
+    value=loss)`` does forward it).
+
+    >>> import jax.numpy as jnp, accel_jax as aj
+    >>> tx = aj.chain(aj.sgd(0.1), aj.reduce_on_plateau(factor=0.5, patience=0))
+    >>> params = {"w": jnp.ones(1)}
+    >>> state = tx.init(params)
+    >>> for loss in [1.0, 0.5, 0.6, 0.7]:
+    ...     updates, state = tx.update({"w": jnp.ones(1)}, state, params, value=loss)
+    >>> float(aj.get_hyperparams(state)["scale"]), updates["w"].tolist()
+    (0.25, [-0.02500000037252903])
+    """
+    v.check_choice("convention", convention, PLATEAU_CONVENTIONS)
+    v.check_choice("mode", mode, ("min", "max"))
+    if threshold_mode is None:
+        threshold_mode = "abs" if convention == "keras" else "rel"
+    v.check_choice("threshold_mode", threshold_mode, ("rel", "abs"))
+    v.check_number("factor", factor, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+    v.check_number("patience", patience, lo=0.0, integer=True)
+    v.check_number("cooldown", cooldown, lo=0.0, integer=True)
+    v.check_number("threshold", threshold, lo=0.0)
+    v.check_number("min_scale", min_scale, lo=0.0, hi=1.0)
+    v.check_number("accumulation_size", accumulation_size, lo=1.0, integer=True)
+    if convention == "keras":
+        patience, cooldown = max(patience - 1, 0), max(cooldown - 1, 0)
+    sign = 1.0 if mode == "min" else -1.0  # judge -value in max mode
+
+    def init_fn(params):
+        del params
+        dt = float_dtype()
+        zero = jnp.zeros([], jnp.int32)
+        return ReduceOnPlateauState(
+            count=zero,
+            hyperparams={"scale": jnp.ones([], dt)},
+            best_value=jnp.asarray(sign * jnp.inf, dt),
+            plateau_count=zero,
+            cooldown_count=zero,
+            accumulated_value=jnp.zeros([], dt),
+        )
+
+    def evaluate(state, current):
+        """One evaluation: torch's ``ReduceLROnPlateau.step`` with a sign-correct margin."""
+        best = state.best_value
+        finite = jnp.isfinite(best)
+        margin = threshold * jnp.abs(jnp.where(finite, best, 0.0)) if threshold_mode == "rel" else (
+            jnp.asarray(threshold, best.dtype))
+        better = sign * current < sign * best - margin
+        plateau = jnp.where(better, 0, increment(state.plateau_count))
+        in_cooldown = state.cooldown_count > 0
+        plateau = jnp.where(in_cooldown, 0, plateau)
+        cooldown_count = jnp.where(in_cooldown, state.cooldown_count - 1, state.cooldown_count)
+        reduce = plateau > patience
+        scale = state.scale
+        scale = jnp.where(reduce, jnp.maximum(scale * factor, jnp.asarray(min_scale, scale.dtype)),
+                          scale)
+        return state._replace(
+            hyperparams={**state.hyperparams, "scale": scale},
+            best_value=jnp.where(better, current, best),
+            plateau_count=jnp.where(reduce, 0, plateau).astype(jnp.int32),
+            cooldown_count=jnp.where(reduce, cooldown, cooldown_count).astype(jnp.int32),
+        )
+
+    def update_fn(updates, state, params=None, *, value=None, **extra_args):
+        del params, extra_args
+        if value is None:
+            raise ValueError(
+                "reduce_on_plateau needs the monitored value: call "
+                "tx.update(updates, state, params, value=loss). Flax's "
+                "TrainState.apply_gradients does not forward it; use "
+                "accel_jax.apply_gradients(train_state, grads, value=loss)."
+            )
+        if jnp.ndim(value) != 0:
+            raise ValueError(
+                f"reduce_on_plateau: value must be a scalar, got shape {jnp.shape(value)}."
+            )
+        dt = float_dtype()
+        count = increment(state.count)
+        total = state.accumulated_value + jnp.asarray(value).astype(dt)
+        state = state._replace(count=count, accumulated_value=total)
+        if accumulation_size == 1:
+            state = evaluate(state, total)._replace(accumulated_value=jnp.zeros([], dt))
+        else:
+            done = count % accumulation_size == 0
+            judged = evaluate(state, total / accumulation_size)._replace(
+                accumulated_value=jnp.zeros([], dt))
+            state = jax.tree.map(lambda a, b: jnp.where(done, a, b), judged, state)
+        scale = state.scale
+        updates = jax.tree.map(leafwise(lambda g: g * scale.astype(g.dtype)), updates)
+        return updates, state
+
+    return GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def apply_gradients(train_state: Any, grads: Any, **extra_args: Any) -> Any:
+    """``train_state.apply_gradients(grads=grads)`` that forwards ``**extra_args`` to ``tx.update``.
+
+    Flax's ``TrainState.apply_gradients`` calls ``tx.update(grads, opt_state,
+    params)`` without extra arguments, so a transformation that needs one (the
+    monitored ``value=`` of :func:`reduce_on_plateau`) cannot receive it. This
+    function does the same work with the extra arguments forwarded, on any object
+    with ``tx``, ``params``, ``opt_state``, ``step`` and ``replace`` (Flax's
+    ``TrainState`` and subclasses)::
+
+        state = aj.apply_gradients(state, grads, value=loss)   # inside the jitted step
+
+    It returns ``train_state.replace(step=step + 1, params=..., opt_state=...)``.
+    """
+    updates, opt_state = train_state.tx.update(
+        grads, train_state.opt_state, train_state.params, **extra_args
+    )
+    return train_state.replace(
+        step=train_state.step + 1,
+        params=apply_updates(train_state.params, updates),
+        opt_state=opt_state,
+    )
