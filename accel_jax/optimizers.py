@@ -27,6 +27,7 @@ from accel_jax.transforms.momentum import trace
 from accel_jax.transforms.regularization import add_decayed_weights
 from accel_jax.transforms.scaling import scale_by_learning_rate
 
+#: The frameworks whose defaults and conventions the optimizers' ``convention=`` reproduces.
 CONVENTIONS = ("optax", "torch", "keras")
 
 # Per optimizer, per framework: the defaults of the knobs that differ between them.
@@ -251,7 +252,11 @@ def rmsprop(
     return chain(scaling, *(lr + velocity if s["lr_in_momentum"] else velocity + lr))
 
 
-def _adam_scaling(s, b1, b2, eps_root, amsgrad, mu_dtype, nu_dtype):
+def _adam_scaling(s, b1, b2, eps_root, amsgrad, mu_dtype, nu_dtype, state_bits=32):
+    if state_bits != 32:
+        from accel_jax.transforms.quantized import adam_8bit_scaling
+
+        return adam_8bit_scaling(s, b1, b2, eps_root, amsgrad, mu_dtype, nu_dtype, state_bits)
     common = dict(
         eps_before_bias_correction=s["eps_before_bias_correction"],
         mu_dtype=mu_dtype,
@@ -288,6 +293,7 @@ def adam(
     amsgrad_max_of_corrected: bool | None = None,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    state_bits: int = 32,
     convention: str = "optax",
 ) -> GradientTransformationExtraArgs:
     """Adam (and AMSGrad with ``amsgrad=True``)::
@@ -301,6 +307,8 @@ def adam(
     running maximum, taken over ``v_hat`` (``amsgrad_max_of_corrected=True``) or
     over ``v_t`` before the correction (torch, Keras). ``mu_dtype`` and
     ``nu_dtype`` set each moment's dtype (e.g. ``jnp.bfloat16`` for both).
+    ``state_bits=8`` stores both moments 8-bit block-wise quantized
+    (:func:`accel_jax.scale_by_adam_8bit`, about 0.25x the float32 state).
     Defaults per ``convention``:
     {table}
     >>> import jax, jax.numpy as jnp, accel_jax as aj
@@ -324,7 +332,7 @@ def adam(
     )
     v.check_rate("learning_rate", learning_rate)
     return chain(
-        _adam_scaling(s, b1, b2, eps_root, amsgrad, mu_dtype, nu_dtype),
+        _adam_scaling(s, b1, b2, eps_root, amsgrad, mu_dtype, nu_dtype, state_bits),
         scale_by_learning_rate(learning_rate),
     )
 
@@ -346,6 +354,7 @@ def adamw(
     amsgrad_max_of_corrected: bool | None = None,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
+    state_bits: int = 32,
     convention: str = "optax",
 ) -> GradientTransformationExtraArgs:
     """AdamW: Adam with decoupled weight decay ``lambda``::
@@ -370,7 +379,7 @@ def adamw(
     )
     v.check_rate("learning_rate", learning_rate)
     return chain(
-        _adam_scaling(s, b1, b2, eps_root, amsgrad, mu_dtype, nu_dtype),
+        _adam_scaling(s, b1, b2, eps_root, amsgrad, mu_dtype, nu_dtype, state_bits),
         add_decayed_weights(s["weight_decay"], mask),
         scale_by_learning_rate(learning_rate),
     )

@@ -1,0 +1,175 @@
+"""Writes tests/reference/torch_<optimizer>_<variant>.npz: torch.optim golden trajectories.
+
+Run from the repository root by a maintainer with torch installed (torch is not a
+test dependency; ``tests/test_conformance.py`` reads the stored data)::
+
+    python scripts/make_torch_goldens.py
+
+For every variant below, in float32 and in float64, torch.optim runs closed loop
+for ``STEPS`` steps on the two problems of ``tests/problems.py`` (the rotated
+quadratic, dim 8, and the tanh MLP (6, 12, 3)), each with its own optimizer. Before
+step ``k`` (0-based) the param group's ``lr`` is set to ``lrs[k]``: a constant, or
+``lr0 * decay**k`` computed in float64, the same values the tests give accel_jax.
+Each file holds:
+
+* ``meta``: a JSON string (torch version, command, optimizer class and
+  arguments, the variant's ``spec`` as the tests define it, the recorded steps);
+* ``lrs`` (float64, ``STEPS``) and ``steps`` (int, the 1-based steps recorded);
+* ``<dtype>/<problem>/<leaf>/init``: the starting params;
+* ``<dtype>/<problem>/<leaf>/grads``: the gradient of every step (``STEPS`` rows);
+* ``<dtype>/<problem>/<leaf>/params``: the params after each recorded step.
+
+The tests replay the stored gradients through accel_jax and compare the params.
+In float64 runs torch's default dtype is float64, so torch's scalar state (the
+step count, NAdam's ``mu_product``) is float64 too, as a float64 user has it.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import sys
+
+import numpy as np
+import torch
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.problems import MLP_PARAM_NAMES, rotated_quadratic, small_mlp  # noqa: E402
+
+OUT = ROOT / "tests" / "reference"
+COMMAND = "python scripts/make_torch_goldens.py"
+STEPS = 100
+RECORDED = [k for k in range(1, STEPS + 1) if k <= 10 or k % 10 == 0]
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+# The variants: ``spec`` is what tests/test_conformance.py defines for the same name
+# (it checks that the two agree); ``torch`` is the torch.optim class and its
+# arguments besides ``lr`` (every other argument at torch's default).
+VARIANTS = {
+    "sgd_plain": dict(spec=dict(lr=0.01), torch=("SGD", {})),
+    "sgd_momentum": dict(
+        spec=dict(lr=0.01, decay=0.98, momentum=0.9), torch=("SGD", dict(momentum=0.9))
+    ),
+    "sgd_nesterov": dict(
+        spec=dict(lr=0.01, decay=0.98, momentum=0.9, nesterov=True),
+        torch=("SGD", dict(momentum=0.9, nesterov=True)),
+    ),
+    "sgd_weight_decay": dict(
+        spec=dict(lr=0.01, weight_decay=0.1), torch=("SGD", dict(weight_decay=0.1))
+    ),
+    "sgd_momentum_weight_decay": dict(
+        spec=dict(lr=0.01, decay=0.98, momentum=0.9, weight_decay=0.1),
+        torch=("SGD", dict(momentum=0.9, weight_decay=0.1)),
+    ),
+    "adagrad_default": dict(spec=dict(lr=0.1, decay=0.98), torch=("Adagrad", {})),
+    "rmsprop_plain": dict(spec=dict(lr=0.01), torch=("RMSprop", {})),
+    "rmsprop_centered": dict(
+        spec=dict(lr=0.01, centered=True), torch=("RMSprop", dict(centered=True))
+    ),
+    "rmsprop_momentum": dict(
+        spec=dict(lr=0.01, decay=0.98, momentum=0.9), torch=("RMSprop", dict(momentum=0.9))
+    ),
+    "rmsprop_centered_momentum": dict(
+        spec=dict(lr=0.01, decay=0.98, centered=True, momentum=0.9),
+        torch=("RMSprop", dict(centered=True, momentum=0.9)),
+    ),
+    "adam_plain": dict(spec=dict(lr=0.02), torch=("Adam", {})),
+    "adam_amsgrad": dict(
+        spec=dict(lr=0.02, decay=0.98, amsgrad=True), torch=("Adam", dict(amsgrad=True))
+    ),
+    "adamw_default": dict(spec=dict(lr=0.02, decay=0.98), torch=("AdamW", {})),
+    "adamax_default": dict(spec=dict(lr=0.02, decay=0.98), torch=("Adamax", {})),
+    "nadam_default": dict(spec=dict(lr=0.02, decay=0.98), torch=("NAdam", {})),
+}
+
+
+def learning_rates(spec: dict) -> np.ndarray:
+    """``lr`` at every step: constant, or ``lr * decay**k`` (k = 0, 1, ...) in float64."""
+    k = np.arange(STEPS, dtype=np.float64)
+    return spec["lr"] * spec.get("decay", 1.0) ** k
+
+
+def problems() -> dict:
+    """Per problem: the starting params (float64 NumPy) and a torch loss of the params."""
+    q = rotated_quadratic()
+    m = small_mlp()
+
+    def quadratic_loss(p, t):
+        a, b = t(q["A"]), t(q["b"])
+        return 0.5 * p["x"] @ (a @ p["x"]) - b @ p["x"]
+
+    def mlp_loss(p, t):
+        h = torch.tanh(t(m["X"]) @ p["w0"] + p["b0"])
+        return torch.mean((h @ p["w1"] + p["b1"] - t(m["Y"])) ** 2)
+
+    return {
+        "quadratic": ({"x": q["x0"]}, quadratic_loss),
+        "mlp": ({k: m[k] for k in MLP_PARAM_NAMES}, mlp_loss),
+    }
+
+
+def run(variant: dict, dtype: torch.dtype, init: dict, loss_fn, lrs: np.ndarray) -> dict:
+    """torch.optim closed loop; returns ``{leaf: {"grads", "params"}}`` as NumPy arrays."""
+
+    def t(x):
+        return torch.tensor(x, dtype=dtype)
+
+    params = {k: t(v).requires_grad_(True) for k, v in init.items()}
+    name, kwargs = variant["torch"]
+    opt = getattr(torch.optim, name)(
+        list(params.values()), lr=float(lrs[0]), foreach=False, **kwargs
+    )
+    out = {k: {"grads": [], "params": []} for k in params}
+    for step in range(1, STEPS + 1):
+        for group in opt.param_groups:
+            group["lr"] = float(lrs[step - 1])
+        opt.zero_grad()
+        loss_fn(params, t).backward()
+        for k, p in params.items():
+            out[k]["grads"].append(p.grad.detach().numpy().copy())
+        opt.step()
+        if step in RECORDED:
+            for k, p in params.items():
+                out[k]["params"].append(p.detach().numpy().copy())
+    return {k: {key: np.stack(v) for key, v in d.items()} for k, d in out.items()}
+
+
+def main() -> None:
+    torch.use_deterministic_algorithms(True)
+    total = 0
+    for vname, variant in VARIANTS.items():
+        lrs = learning_rates(variant["spec"])
+        arrays = {"lrs": lrs, "steps": np.asarray(RECORDED, np.int32)}
+        for dname, dtype in DTYPES.items():
+            torch.set_default_dtype(dtype)
+            for pname, (init, loss_fn) in problems().items():
+                traj = run(variant, dtype, init, loss_fn, lrs)
+                for leaf, d in traj.items():
+                    prefix = f"{dname}/{pname}/{leaf}"
+                    arrays[f"{prefix}/init"] = np.asarray(init[leaf], d["grads"].dtype)
+                    arrays[f"{prefix}/grads"] = d["grads"]
+                    arrays[f"{prefix}/params"] = d["params"]
+        torch.set_default_dtype(torch.float32)
+        name, kwargs = variant["torch"]
+        meta = {
+            "variant": vname,
+            "spec": variant["spec"],
+            "torch_version": torch.__version__,
+            "command": COMMAND,
+            "optimizer": f"torch.optim.{name}",
+            "kwargs": {**kwargs, "foreach": False},
+            "steps": STEPS,
+            "lr_rule": "param_groups[*]['lr'] = lrs[k] before step k (k = 0-based)",
+        }
+        arrays["meta"] = np.asarray(json.dumps(meta, sort_keys=True))
+        path = OUT / f"torch_{vname}.npz"
+        np.savez_compressed(path, **arrays)
+        total += path.stat().st_size
+        print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size / 1024:.0f} KiB)")
+    print(f"total {total / 1024:.0f} KiB, torch {torch.__version__}")
+
+
+if __name__ == "__main__":
+    main()
