@@ -15,6 +15,8 @@ from accel_jax import _validation as v
 from accel_jax.base import GradientTransformation, apply_updates
 from accel_jax.hyperparams import _has_hyperparams, float_dtype
 
+#: The rules by which :func:`find_learning_rate` suggests a learning rate (its ``rule=``;
+#: the first is the default).
 SUGGESTION_RULES = ("tenth_of_minimum", "steepest")
 
 

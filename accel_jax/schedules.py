@@ -106,7 +106,7 @@ def power_decay(init_value: float, decay_steps: float, power: float = 1.0) -> Sc
 def exponential_decay(
     init_value: float, decay_steps: float, decay_rate: float, *, staircase: bool = False
 ) -> Schedule:
-    """Exponential scheduling: ``eta(t) = eta0 * r**(t / s)``, or ``r**floor(t / s)`` with ``staircase``.
+    """Exponential scheduling: ``eta(t) = eta0 * r**(t / s)`` (``staircase``: ``r**floor(t / s)``).
 
     ``init_value`` is ``eta0``, ``decay_steps`` is ``s``, ``decay_rate`` is ``r``:
     the rate is divided by ``1/r`` every ``s`` steps (the seeds' ``0.1**(t/s)`` is
@@ -386,9 +386,9 @@ def _along_knots(knots: list[float], values: list[float], strategy: str) -> Sche
         t = _float(step)
         value = jnp.full(jnp.shape(t), values[-1], float_dtype())
         for k in reversed(range(len(knots) - 1)):
-            frac = jnp.clip((t - knots[k]) / (knots[k + 1] - knots[k]), 0.0, 1.0)
-            value = jnp.where(t <= knots[k + 1], _anneal(values[k], values[k + 1], frac, strategy),
-                              value)
+            frac = _fraction(t, knots[k + 1] - knots[k], knots[k])
+            phase = _anneal(values[k], values[k + 1], frac, strategy)
+            value = jnp.where(t <= knots[k + 1], phase, value)
         return value
 
     return schedule

@@ -42,7 +42,10 @@ def load_digits(val_fraction: float = 0.2, seed: int = 0) -> Digits:
         x, y, test_size=val_fraction, random_state=seed, stratify=y
     )
     mean = x_train.mean(axis=0)
-    std = x_train.std(axis=0) + 1e-6  # some border pixels are always 0
+    std = x_train.std(axis=0)
+    # Border pixels that are constant (0) in the training split keep scale 1: dividing by a
+    # tiny std would blow up the few validation images where they are not 0.
+    std = np.where(std < 1e-6, 1.0, std)
     return Digits(
         ((x_train - mean) / std).astype(np.float32),
         y_train.astype(np.int32),

@@ -127,9 +127,10 @@ def reduce_on_plateau(
     def evaluate(state, current):
         """One evaluation: torch's ``ReduceLROnPlateau.step`` with a sign-correct margin."""
         best = state.best_value
-        finite = jnp.isfinite(best)
-        margin = threshold * jnp.abs(jnp.where(finite, best, 0.0)) if threshold_mode == "rel" else (
-            jnp.asarray(threshold, best.dtype))
+        if threshold_mode == "rel":  # no margin before the first evaluation (best = +-inf)
+            margin = threshold * jnp.abs(jnp.where(jnp.isfinite(best), best, 0.0))
+        else:
+            margin = jnp.asarray(threshold, best.dtype)
         better = sign * current < sign * best - margin
         plateau = jnp.where(better, 0, increment(state.plateau_count))
         in_cooldown = state.cooldown_count > 0
@@ -163,13 +164,10 @@ def reduce_on_plateau(
         count = increment(state.count)
         total = state.accumulated_value + jnp.asarray(value).astype(dt)
         state = state._replace(count=count, accumulated_value=total)
-        if accumulation_size == 1:
-            state = evaluate(state, total)._replace(accumulated_value=jnp.zeros([], dt))
-        else:
-            done = count % accumulation_size == 0
-            judged = evaluate(state, total / accumulation_size)._replace(
-                accumulated_value=jnp.zeros([], dt))
-            state = jax.tree.map(lambda a, b: jnp.where(done, a, b), judged, state)
+        judged = evaluate(state, total / accumulation_size)._replace(
+            accumulated_value=jnp.zeros([], dt))
+        window_done = count % accumulation_size == 0
+        state = jax.tree.map(lambda a, b: jnp.where(window_done, a, b), judged, state)
         scale = state.scale
         updates = jax.tree.map(leafwise(lambda g: g * scale.astype(g.dtype)), updates)
         return updates, state
