@@ -48,9 +48,15 @@ _DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
         "keras": {"decay": 0.9, "eps": 1e-7, "eps_in_sqrt": True, "lr_in_momentum": True},
     },
     "adam": {
-        "optax": {"eps": 1e-8, "eps_before_bias_correction": False, "amsgrad_max_of_corrected": True},
-        "torch": {"eps": 1e-8, "eps_before_bias_correction": False, "amsgrad_max_of_corrected": False},
-        "keras": {"eps": 1e-7, "eps_before_bias_correction": True, "amsgrad_max_of_corrected": False},
+        "optax": {
+            "eps": 1e-8, "eps_before_bias_correction": False, "amsgrad_max_of_corrected": True
+        },
+        "torch": {
+            "eps": 1e-8, "eps_before_bias_correction": False, "amsgrad_max_of_corrected": False
+        },
+        "keras": {
+            "eps": 1e-7, "eps_before_bias_correction": True, "amsgrad_max_of_corrected": False
+        },
     },
     "adamax": {
         "optax": {"eps": 1e-8, "eps_in_max": True},

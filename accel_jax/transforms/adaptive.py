@@ -467,7 +467,8 @@ def scale_by_nadam(
         mu_t = b1 * (1 - 0.5 * 0.96^(t * psi))     (mu_t = b1 if momentum_decay is None)
         m_t = b1 * m_{t-1} + (1 - b1) * g_t
         v_t = b2 * v_{t-1} + (1 - b2) * g_t^2
-        m_hat = mu_{t+1} * m_t / (1 - prod_{i<=t+1} mu_i) + (1 - mu_t) * g_t / (1 - prod_{i<=t} mu_i)
+        m_hat = mu_{t+1} * m_t / (1 - prod_{i<=t+1} mu_i)
+                + (1 - mu_t) * g_t / (1 - prod_{i<=t} mu_i)
         u_t = m_hat / (sqrt(v_t / (1 - b2^t) + eps_root) + eps)
 
     ``momentum_decay`` is ``psi``: ``None`` for optax's constant ``mu_t = b1``,
