@@ -47,6 +47,12 @@ def identity() -> GradientTransformation:
     return GradientTransformation(init_fn, update_fn)
 
 
+def require_params(params: Any, name: str) -> None:
+    """Raises ``ValueError`` when a transformation that reads the params was not given them."""
+    if params is None:
+        raise ValueError(f"{name} needs the params: call update(updates, state, params).")
+
+
 def is_float0(x: Any) -> bool:
     """True for the ``float0`` gradients JAX returns for integer leaves."""
     return getattr(x, "dtype", None) == jax.dtypes.float0

@@ -14,6 +14,7 @@ from accel_jax.base import (
     apply_updates,
     compute_dtype,
     leafwise,
+    require_params,
 )
 from accel_jax.hyperparams import current_hyperparams, float_dtype, increment, init_hyperparams
 
@@ -77,10 +78,7 @@ def average_params(
         return AverageParamsState(jnp.zeros([], jnp.int32), init_hyperparams(**specs), average)
 
     def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError(
-                "average_params needs the params: call update(updates, state, params)."
-            )
+        require_params(params, "average_params")
         hp = current_hyperparams(specs, state.hyperparams, state.count)
         started = state.count >= start_step
         if decay is None:

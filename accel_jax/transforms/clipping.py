@@ -22,6 +22,7 @@ from accel_jax.base import (
     compute_dtype,
     is_trainable,
     leafwise,
+    require_params,
 )
 
 
@@ -193,10 +194,7 @@ def adaptive_grad_clip(
         return EmptyState()
 
     def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError(
-                "adaptive_grad_clip needs the params: call update(updates, state, params)."
-            )
+        require_params(params, "adaptive_grad_clip")
 
         def agc(g, w):
             g_norm = unit_norms(g, axis)

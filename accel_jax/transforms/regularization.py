@@ -37,6 +37,7 @@ from accel_jax.base import (
     compute_dtype,
     is_trainable,
     leafwise,
+    require_params,
 )
 from accel_jax.combine import masked
 from accel_jax.hyperparams import current_hyperparams, float_dtype, increment, init_hyperparams
@@ -87,10 +88,7 @@ def add_decayed_weights(
         return AddDecayedWeightsState(jnp.zeros([], jnp.int32), init_hyperparams(**specs))
 
     def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError(
-                "add_decayed_weights needs the params: call update(updates, state, params)."
-            )
+        require_params(params, "add_decayed_weights")
         hp = current_hyperparams(specs, state.hyperparams, state.count)
         factor = hp["weight_decay"]
         if learning_rate is not None:
@@ -157,8 +155,7 @@ def l1_proximal(
         return L1ProximalState(jnp.zeros([], jnp.int32), init_hyperparams(**specs))
 
     def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError("l1_proximal needs the params: call update(updates, state, params).")
+        require_params(params, "l1_proximal")
         hp = current_hyperparams(specs, state.hyperparams, state.count)
         threshold = hp["learning_rate"] * hp["l1"]
 
@@ -212,8 +209,7 @@ def max_norm(
         return EmptyState()
 
     def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError("max_norm needs the params: call update(updates, state, params).")
+        require_params(params, "max_norm")
 
         def constrain(u, w, z):
             norms = unit_norms(z, axis)
@@ -371,10 +367,7 @@ def prune_by_magnitude(
         return jax.tree.map(lambda z, m: next(fresh) if is_trainable(z) else m, stepped, masks)
 
     def update_fn(updates, state, params=None):
-        if params is None:
-            raise ValueError(
-                "prune_by_magnitude needs the params: call update(updates, state, params)."
-            )
+        require_params(params, "prune_by_magnitude")
         check_structure(updates, state.masks, "the optimizer state (pruning masks)")
         t = state.count
         stepped = apply_updates(params, updates)
