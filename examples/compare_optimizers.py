@@ -14,6 +14,7 @@ training-loss curves to ``OUT/compare_optimizers.png``::
     python examples/compare_optimizers.py            # under a minute on 2 CPU cores
     python examples/compare_optimizers.py --quick    # a few steps: what the tests run
     python examples/compare_optimizers.py --lr AdaGrad=0.05 --only AdaGrad Adam
+    python examples/compare_optimizers.py --lr-range-test  # each at the range test's rate
 
 The training loss is measured on the whole training set after every epoch. The
 stars mirror the seeds' two columns and are derived from the measurements:
@@ -245,6 +246,33 @@ def plot(results: list[Result], target: float, steps_per_epoch: int, path: str) 
     plt.close(fig)
 
 
+def range_test_rates(names: list[str], batch_size: int, seed: int, num_steps: int) -> dict:
+    """The learning rate :func:`accel_jax.find_learning_rate` suggests for each optimizer.
+
+    The range test runs on the same model, init and training minibatches as the
+    comparison, with the rate growing exponentially from 1e-5 to 10.
+    """
+    from flax import nnx
+
+    data = _common.load_digits(seed=seed)
+    model = _common.make_nnx_mlp(seed)
+    graphdef, params0 = nnx.graphdef(model), nnx.state(model, nnx.Param)
+    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
+    rng = np.random.default_rng(seed)
+    batches = [rng.integers(0, x.shape[0], batch_size) for _ in range(num_steps)]
+
+    def loss_fn(params, idx):
+        return _common.cross_entropy(nnx.merge(graphdef, params)(x[idx]), y[idx])
+
+    return {
+        name: aj.find_learning_rate(
+            loss_fn, params0, lambda lr, name=name: make_optimizer(name, lr), batches,
+            min_lr=1e-5, max_lr=10.0, num_steps=num_steps,
+        ).suggested_lr
+        for name in names
+    }
+
+
 def _learning_rates(overrides: list[str]) -> dict[str, float]:
     rates = {name: lr for name, (_, _, lr) in OPTIMIZERS.items()}
     for item in overrides:
@@ -269,10 +297,17 @@ def main(argv: list[str] | None = None) -> list[Result]:
         "--lr", nargs="+", default=[], metavar="NAME=VALUE",
         help="learning rates other than Keras' defaults, e.g. --lr AdaGrad=0.01 SGD=0.1",
     )
+    p.add_argument(
+        "--lr-range-test", action="store_true",
+        help="train each optimizer at the rate the learning-rate range test suggests",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = p.parse_args(argv)
     epochs = args.epochs or (2 if args.quick else 100)
     rates = _learning_rates(args.lr)
+    if args.lr_range_test:
+        rates.update(range_test_rates(args.only, args.batch_size, args.seed,
+                                      num_steps=20 if args.quick else 300))
 
     runs = {name: rates[name] for name in args.only}
     results, steps = train_all(runs, epochs, args.batch_size, args.seed, not args.no_progress)
@@ -280,7 +315,9 @@ def main(argv: list[str] | None = None) -> list[Result]:
         f"scikit-learn digits, MLP 64-64-64-10 (Flax NNX), batch {args.batch_size}, "
         f"{epochs} epochs = {epochs * steps} steps, seed {args.seed}; "
         f"JAX {jax.__version__} on {jax.devices()[0].device_kind}. Every optimizer is "
-        '`accel_jax.<call>` with `convention="keras"`, at Keras\' default learning rate.'
+        '`accel_jax.<call>` with `convention="keras"`, at '
+        + ("the rate the learning-rate range test suggests (`find_learning_rate`)."
+           if args.lr_range_test else "Keras' default learning rate.")
     )
     md = f"{header}\n\n{table(results, args.target, steps)}\n"
     print(md)

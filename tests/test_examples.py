@@ -53,6 +53,19 @@ def test_compare_optimizers(tmp_path, capsys):
     assert (tmp_path / "compare_optimizers.png").stat().st_size > 10_000
 
 
+def test_compare_optimizers_with_the_range_test(tmp_path):
+    """--lr-range-test trains each optimizer at the rate find_learning_rate suggests."""
+    co = load("compare_optimizers")
+    results = co.main(["--quick", "--out", str(tmp_path), "--no-progress", "--lr-range-test",
+                       "--only", "SGD", "Adam"])
+    defaults = {name: lr for name, (_, _, lr) in co.OPTIMIZERS.items()}
+    for r in results:
+        assert np.isfinite(r.learning_rate) and r.learning_rate > 0
+        assert r.learning_rate != defaults[r.name]  # the suggestion, not the default
+        assert np.all(np.isfinite(r.train_loss)), r.name
+    assert "range test" in (tmp_path / "comparison.md").read_text()
+
+
 def test_compare_optimizers_stars_rule():
     co = load("compare_optimizers")
 
