@@ -1,0 +1,422 @@
+"""Optimizer step time, bandwidth, compile time and state size: accel_jax against optax.
+
+Run from the repository root (``pip install -e ".[test]"`` first)::
+
+    python benchmarks/step_time.py                # full run (CPU: about 15 minutes)
+    python benchmarks/step_time.py --quick        # tiny sizes: checks that it runs
+
+Everything is measured in one process, so the ratios compare like with like:
+
+* one full optimizer step (``update`` + ``apply_updates`` under ``jax.jit`` with
+  donated params and state) for Adam, AdamW, SGD with Nesterov momentum and
+  RMSProp, on three float32 trees: (A) one leaf of 64M values, (B) GPT-2-small
+  shapes (124M values, 148 leaves), (C) 2,000 leaves of 1,024 values; for optax,
+  accel_jax on the params tree, accel_jax on flat params
+  (:func:`accel_jax.flatten_params`), accel_jax's 8-bit Adam, and torch.optim
+  (for-loop, foreach, fused) when torch is installed;
+* effective bandwidth (the bytes an ideal implementation must move divided by
+  the step time) against a triad ``a = b + s * c`` of the same size, jitted the
+  same way, in the same run;
+* compile time (trace, lower and compile) of the jitted Adam step for 100, 1,000
+  and 10,000 leaves;
+* optimizer-state bytes;
+* training quality of the state formats (float32, bf16 moments, 8-bit) on
+  scikit-learn's digits (``benchmarks/quality.py``).
+
+Times are medians over ``--repeats`` steps after warm-up; the spread (the
+interquartile range relative to the median) is printed next to each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import accel_jax as aj  # noqa: E402
+
+LR = 1e-3
+OPTIMIZERS = ("adam", "adamw", "sgd_nesterov", "rmsprop")
+# Bytes per float32 parameter an ideal step must move: reads + writes of
+# params, grads and each state array.
+IDEAL_BYTES = {"adam": 28, "adamw": 28, "sgd_nesterov": 20, "rmsprop": 20}
+
+
+# ----------------------------------------------------------------------------- trees
+
+
+def gpt2_small_shapes() -> list[tuple[int, ...]]:
+    """The parameter shapes of GPT-2 small (124M values, 148 leaves)."""
+    d, vocab, ctx, layers = 768, 50257, 1024, 12
+    shapes = [(vocab, d), (ctx, d)]
+    for _ in range(layers):
+        shapes += [(d,), (d,)]  # ln_1 scale, bias
+        shapes += [(d, 3 * d), (3 * d,), (d, d), (d,)]  # attn c_attn, c_proj
+        shapes += [(d,), (d,)]  # ln_2
+        shapes += [(d, 4 * d), (4 * d,), (4 * d, d), (d,)]  # mlp c_fc, c_proj
+    shapes += [(d,), (d,)]  # ln_f
+    return shapes
+
+
+def tree_shapes(name: str, quick: bool) -> list[tuple[int, ...]]:
+    if quick:
+        return {"A": [(1 << 16,)], "B": [(64, 32), (32,), (32, 96)] * 4, "C": [(64,)] * 50}[name]
+    return {
+        "A": [(64 * 1024 * 1024,)],
+        "B": gpt2_small_shapes(),
+        "C": [(1024,)] * 2000,
+    }[name]
+
+
+def make_tree(shapes, seed):
+    keys = jax.random.split(jax.random.PRNGKey(seed), len(shapes))
+    return {f"p{i:05d}": jax.random.normal(k, s, jnp.float32) * 0.02 for i, (k, s) in
+            enumerate(zip(keys, shapes, strict=True))}
+
+
+# ------------------------------------------------------------------------ optimizers
+
+
+def jax_optimizer(lib: str, name: str):
+    m = optax if lib == "optax" else aj
+    if name == "adam":
+        return m.adam(LR)
+    if name == "adamw":
+        return m.adamw(LR, weight_decay=1e-2)
+    if name == "sgd_nesterov":
+        return m.sgd(LR, momentum=0.9, nesterov=True)
+    if name == "rmsprop":
+        return m.rmsprop(LR)
+    raise ValueError(name)
+
+
+def torch_optimizer(name, params, mode):
+    import torch
+
+    kw = {"foreach": False} if mode == "for-loop" else {mode: True}
+    if name == "adam":
+        return torch.optim.Adam(params, lr=LR, **kw)
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=LR, weight_decay=1e-2, **kw)
+    if name == "sgd_nesterov":
+        return torch.optim.SGD(params, lr=LR, momentum=0.9, nesterov=True, **kw)
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=LR, alpha=0.9, **kw)
+    raise ValueError(name)
+
+
+# --------------------------------------------------------------------------- timing
+
+
+def summarize(times) -> dict:
+    t = np.asarray(times)
+    q1, med, q3 = np.percentile(t, [25, 50, 75])
+    return {"median_s": float(med), "min_s": float(t.min()), "iqr_rel": float((q3 - q1) / med)}
+
+
+def jax_step(tx):
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return optax.apply_updates(params, updates), state
+
+    return jax.jit(step, donate_argnums=(0, 1))
+
+
+class JaxCase:
+    """One implementation's jitted step with its own params and state."""
+
+    def __init__(self, impl, opt, shapes, grads):
+        params = make_tree(shapes, 0)
+        if impl == "optax":
+            self.tx = jax_optimizer("optax", opt)
+            self.step = jax_step(self.tx)
+        else:
+            self.tx = aj.adam(LR, state_bits=8) if impl == "accel_jax 8-bit" else (
+                jax_optimizer("accel_jax", opt))
+            self.step = aj.make_step(self.tx)
+        if impl == "accel_jax flat":
+            params, layout = aj.flatten_params(params)
+            grads = layout.flatten(grads)  # a flat-params model's gradients come out flat
+        self.params, self.grads = params, grads
+        self.state = self.tx.init(params)
+        self.times = []
+
+    def run(self, timed=True):
+        t0 = time.perf_counter()
+        self.params, self.state = self.step(self.params, self.state, self.grads)
+        jax.block_until_ready((self.params, self.state))
+        if timed:
+            self.times.append(time.perf_counter() - t0)
+
+
+class Triad:
+    """``a = b + s * c`` over float32 arrays, jitted and donated like the steps."""
+
+    def __init__(self, n):
+        self.n = n
+        self.b = jnp.ones((n,), jnp.float32)
+        self.c = jnp.full((n,), 2.0, jnp.float32)
+        self.f = jax.jit(lambda b, c: b + 0.5 * c, donate_argnums=0)
+        self.times = []
+
+    def run(self, timed=True):
+        t0 = time.perf_counter()
+        self.b = self.f(self.b, self.c)
+        self.b.block_until_ready()
+        if timed:
+            self.times.append(time.perf_counter() - t0)
+
+    def result(self):
+        s = summarize(self.times)
+        s["gb_s"] = 12 * self.n / s["median_s"] / 1e9
+        return s
+
+
+def interleaved(cases, repeats, warmup=2):
+    """Times every case once per round, round after round, so they share the noise.
+
+    The order rotates from round to round, so no case always follows the same one.
+    """
+    for _ in range(warmup):
+        for c in cases:
+            c.run(timed=False)
+    for r in range(repeats):
+        for c in cases[r % len(cases):] + cases[: r % len(cases)]:
+            c.run()
+
+
+def bench_torch(mode, opt, shapes, repeats):
+    import torch
+
+    torch.manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s) * 0.02) for s in shapes]
+    for p in params:
+        p.grad = torch.randn(p.shape) * 0.02
+    try:
+        o = torch_optimizer(opt, params, mode)
+        for _ in range(2):
+            o.step()
+    except (RuntimeError, TypeError, ValueError) as e:  # e.g. fused unsupported on this device
+        return {"error": str(e).splitlines()[0][:80]}
+    times = []
+    with torch.no_grad():
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            o.step()
+            times.append(time.perf_counter() - t0)
+    nbytes = sum(
+        v.numel() * v.element_size()
+        for st in o.state.values()
+        for v in st.values()
+        if torch.is_tensor(v)
+    )
+    return {**summarize(times), "state_bytes": int(nbytes)}
+
+
+def compile_time(impl, leaves, size, train_step=False):
+    """Seconds to trace, lower and compile the jitted Adam step (or a whole train step).
+
+    ``train_step=True`` compiles loss, gradient and optimizer step together, with
+    a small loss that touches every leaf: for flat params the model reads the
+    leaves back with ``layout.unflatten``, whose slices XLA compiles too.
+    """
+    shapes = [(size,)] * leaves
+    params = make_tree(shapes, 0)
+    grads = params
+    lib = "optax" if impl == "optax" else "accel_jax"
+    tx = jax_optimizer(lib, "adam")
+    layout = None
+    if impl == "accel_jax flat":
+        params, layout = aj.flatten_params(params)
+        grads = params
+    state = tx.init(params)
+    if train_step:
+        def loss(p):
+            tree = layout.unflatten(p) if layout is not None else p
+            return sum(jnp.sum(jnp.tanh(x) * 0.5) for x in jax.tree.leaves(tree))
+
+        def step(params, state, x):
+            del x
+            g = jax.grad(loss)(params)
+            updates, state = tx.update(g, state, params)
+            return optax.apply_updates(params, updates), state
+
+        fn = jax.jit(step, donate_argnums=(0, 1))
+    else:
+        fn = jax_step(tx) if lib == "optax" else aj.make_step(tx)
+    t0 = time.perf_counter()
+    fn.lower(params, state, grads).compile()
+    return time.perf_counter() - t0
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def machine() -> dict:
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                       cpu)
+    except OSError:
+        pass
+    info = {
+        "cpu": cpu,
+        "nproc": os.cpu_count(),
+        "jax": jax.__version__,
+        "optax": optax.__version__,
+        "devices": [str(d) for d in jax.devices()],
+        "python": platform.python_version(),
+    }
+    try:
+        import torch
+
+        info["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def main(argv=None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test")
+    ap.add_argument("--trees", default="A,B,C")
+    ap.add_argument("--optimizers", default=",".join(OPTIMIZERS))
+    ap.add_argument("--repeats", type=int, default=None, help="timed steps per case")
+    ap.add_argument("--compile-leaves", default=None, help="e.g. 100,1000,10000, or none")
+    ap.add_argument("--no-torch", action="store_true")
+    ap.add_argument("--no-quality", action="store_true")
+    ap.add_argument("--json", default=None, help="also write the results to this file")
+    args = ap.parse_args(argv)
+    repeats = args.repeats or (3 if args.quick else 9)
+    trees = [t for t in args.trees.split(",") if t]
+    opts = [o for o in args.optimizers.split(",") if o]
+    for o in opts:
+        if o not in OPTIMIZERS:
+            ap.error(f"unknown optimizer {o!r}; choose from {OPTIMIZERS}")
+    spec = args.compile_leaves or ("10,20" if args.quick else "100,1000,10000")
+    compile_leaves = [int(x) for x in spec.split(",") if x and spec != "none"]
+    have_torch = False
+    if not args.no_torch:
+        try:
+            import torch
+
+            torch.set_num_threads(os.cpu_count() or 1)
+            have_torch = True
+        except ImportError:
+            pass
+
+    results: dict = {"machine": machine(), "command": " ".join(["python"] + sys.argv),
+                     "repeats": repeats, "steps": [], "compile": [], "quality": {}}
+    print("machine:", json.dumps(results["machine"]))
+
+    n_a = sum(int(np.prod(s)) for s in tree_shapes("A", args.quick))
+    impls = ["optax", "accel_jax", "accel_jax flat"]
+    torch_modes = ["for-loop", "foreach", "fused"] if have_torch else []
+    triads = []
+    for tree in trees:
+        shapes = tree_shapes(tree, args.quick)
+        n = sum(int(np.prod(s)) for s in shapes)
+        print(f"\n== tree {tree}: {len(shapes)} leaves, {n:,} values")
+        print(f"{'optimizer':<13} {'implementation':<18} {'median ms':>10} {'IQR':>5} "
+              f"{'GB/s':>6} {'% triad':>7} {'vs optax':>8} {'state MB':>9}")
+        for opt in opts:
+            gc.collect()
+            # optax, accel_jax and the triad in turn, round after round: the ratios
+            # and the triad fraction compare steps taken under the same load.
+            grads = make_tree(shapes, 1)
+            cases = [JaxCase(i, opt, shapes, grads) for i in impls]
+            tri = Triad(n_a)
+            interleaved([*cases, tri], repeats)
+            t = tri.result()
+            triads.append({"tree": tree, "optimizer": opt, **t})
+            rows = []
+            for impl, c in zip(impls, cases, strict=True):
+                rows.append((impl, {**summarize(c.times), "state_bytes": aj.state_bytes(c.state)}))
+            del cases, grads, tri
+            gc.collect()
+            # Then, one at a time (they need more memory or are much slower):
+            extra = [("accel_jax 8-bit", "jax")] if opt == "adam" else []
+            extra += [(f"torch {m}", "torch") for m in torch_modes]
+            for impl, kind in extra:
+                gc.collect()
+                if kind == "jax":
+                    c = JaxCase(impl, opt, shapes, make_tree(shapes, 1))
+                    interleaved([c], repeats)
+                    r = {**summarize(c.times), "state_bytes": aj.state_bytes(c.state)}
+                    del c
+                else:
+                    r = bench_torch(impl.split(" ", 1)[1], opt, shapes, repeats)
+                rows.append((impl, r))
+            base = rows[0][1]["median_s"]
+            for impl, r in rows:
+                r.update(tree=tree, optimizer=opt, implementation=impl, values=n,
+                         leaves=len(shapes), triad_gb_s=t["gb_s"])
+                results["steps"].append(r)
+                if "error" in r:
+                    print(f"{opt:<13} {impl:<18} {'n/a: ' + r['error']}")
+                    continue
+                gbs = IDEAL_BYTES[opt] * n / r["median_s"] / 1e9
+                r.update(gb_s=gbs, triad_fraction=gbs / t["gb_s"],
+                         ratio_vs_optax=r["median_s"] / base)
+                print(f"{opt:<13} {impl:<18} {r['median_s'] * 1e3:>10.2f} {r['iqr_rel']:>5.0%} "
+                      f"{gbs:>6.1f} {r['triad_fraction']:>7.0%} {r['ratio_vs_optax']:>8.2f} "
+                      f"{r['state_bytes'] / 2**20:>9.1f}", flush=True)
+            print(f"{'':<13} {'(triad, same rounds)':<18} {t['median_s'] * 1e3:>10.2f} "
+                  f"{t['iqr_rel']:>5.0%} {t['gb_s']:>6.1f}", flush=True)
+    results["triad"] = triads
+
+    if compile_leaves:
+        size = 64 if args.quick else 1024
+        print(f"\n== compile time (s) of the jitted Adam step, leaves of {size} values; and of "
+              "a whole train step (loss + grad + step) where leaves <= 1000")
+        print(f"{'leaves':>7} {'optax':>8} {'accel_jax':>10} {'ratio':>6} {'flat':>7} "
+              f"{'ratio':>6} {'train: optax':>13} {'train: flat':>12}")
+        for leaves in compile_leaves:
+            row = {"leaves": leaves}
+            for impl in ["optax", "accel_jax", "accel_jax flat"]:
+                gc.collect()
+                row[impl] = compile_time(impl, leaves, size)
+            if leaves <= 1000:
+                row["train optax"] = compile_time("optax", leaves, size, train_step=True)
+                row["train accel_jax flat"] = compile_time(
+                    "accel_jax flat", leaves, size, train_step=True)
+            results["compile"].append(row)
+            train = (f"{row['train optax']:>13.2f} {row['train accel_jax flat']:>12.2f}"
+                     if "train optax" in row else f"{'-':>13} {'-':>12}")
+            print(f"{leaves:>7} {row['optax']:>8.2f} {row['accel_jax']:>10.2f} "
+                  f"{row['accel_jax'] / row['optax']:>6.2f} {row['accel_jax flat']:>7.2f} "
+                  f"{row['accel_jax flat'] / row['optax']:>6.2f} {train}", flush=True)
+
+    if not args.no_quality:
+        from benchmarks.quality import state_formats, train_digits
+
+        steps = 20 if args.quick else 500
+        print(f"\n== Adam state formats on digits (MLP 64-512-10, {steps} steps, final loss)")
+        ref = None
+        for name, tx in state_formats().items():
+            loss, nbytes = train_digits(tx, steps=steps)
+            ref = ref or (loss, nbytes)
+            results["quality"][name] = {"loss": loss, "state_bytes": nbytes}
+            print(f"{name:<18} loss {loss:.5f} ({loss / ref[0] - 1:+.1%})  state "
+                  f"{nbytes:>9,} bytes ({nbytes / ref[1]:.2f}x)", flush=True)
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return results
+
+
+if __name__ == "__main__":
+    main()

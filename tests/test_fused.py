@@ -1,0 +1,190 @@
+"""The fast paths agree with the plain path: apply_step / make_step and flat params."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import accel_jax as aj
+
+OPTIMIZERS = {
+    "adam": lambda: aj.adam(1e-2),
+    "adamw": lambda: aj.adamw(1e-2, weight_decay=1e-2),
+    "amsgrad": lambda: aj.adam(1e-2, amsgrad=True),
+    "adam_8bit": lambda: aj.adam(1e-2, state_bits=8),
+    "adam_bf16_moments": lambda: aj.adam(1e-2, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16),
+    "sgd": lambda: aj.sgd(1e-2),
+    "sgd_nesterov": lambda: aj.sgd(1e-2, momentum=0.9, nesterov=True),
+    "sgd_keras": lambda: aj.sgd(1e-2, momentum=0.9, weight_decay=1e-3, convention="keras"),
+    "rmsprop": lambda: aj.rmsprop(1e-2),
+    "rmsprop_centered_momentum": lambda: aj.rmsprop(1e-2, centered=True, momentum=0.9),
+    "adagrad": lambda: aj.adagrad(1e-2),
+    "adamax": lambda: aj.adamax(1e-2),
+    "nadam": lambda: aj.nadam(1e-2, convention="torch"),
+}
+
+
+def _params():
+    k = jax.random.split(jax.random.PRNGKey(0), 4)
+    return {
+        "dense": {"kernel": jax.random.normal(k[0], (80, 64)), "bias": jnp.zeros(64)},
+        "emb": jax.random.normal(k[1], (5000,)),
+        "scale": jnp.ones(()),
+    }
+
+
+def _grads(params, i):
+    keys = jax.random.split(jax.random.PRNGKey(100 + i), len(jax.tree.leaves(params)))
+    leaves, treedef = jax.tree.flatten(params)
+    return jax.tree.unflatten(
+        treedef, [jax.random.normal(k, p.shape, p.dtype) for k, p in zip(keys, leaves, strict=True)]
+    )
+
+
+def _plain_trajectory(tx, params, steps=5):
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state, grads):
+        updates, state = tx.update(grads, state, params)
+        return aj.apply_updates(params, updates), state
+
+    for i in range(steps):
+        params, state = step(params, state, _grads(params, i))
+    return params, state
+
+
+def _assert_trees_equal(a, b):
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_apply_step_is_bit_identical_to_update_then_apply(name):
+    tx = OPTIMIZERS[name]()
+    params = _params()
+    state = tx.init(params)
+    grads = _grads(params, 0)
+    updates, want_state = tx.update(grads, state, params)
+    want = aj.apply_updates(params, updates)
+    got, got_state = aj.apply_step(tx, grads, state, params)
+    _assert_trees_equal(got, want)
+    _assert_trees_equal(got_state, want_state)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_make_step_with_donation_is_bit_identical_to_plain_jit(name):
+    tx = OPTIMIZERS[name]()
+    want, want_state = _plain_trajectory(tx, _params())
+    step = aj.make_step(tx)
+    params = _params()
+    state = tx.init(params)
+    for i in range(5):
+        params, state = step(params, state, _grads(params, i))
+    _assert_trees_equal(params, want)
+    _assert_trees_equal(state, want_state)
+
+
+def test_make_step_donates_params_and_state():
+    tx = aj.adam(1e-3)
+    params = {"w": jnp.ones((64, 64))}
+    state = tx.init(params)
+    old_w, old_mu = params["w"], state[0].mu["w"]
+    aj.make_step(tx)(params, state, {"w": jnp.ones((64, 64))})
+    assert old_w.is_deleted() and old_mu.is_deleted()
+    kept = {"w": jnp.ones((64, 64))}
+    aj.make_step(tx, donate=False)(kept, tx.init(kept), {"w": jnp.ones((64, 64))})
+    assert not kept["w"].is_deleted()
+
+
+def test_make_step_forwards_extra_args():
+    seen = {}
+
+    def init(params):
+        return aj.EmptyState()
+
+    def update(updates, state, params=None, *, value=None):
+        seen["value"] = value
+        return updates, state
+
+    tx = aj.GradientTransformationExtraArgs(init, update)
+    step = aj.make_step(tx, jit=False)
+    params = {"w": jnp.ones(2)}
+    step(params, tx.init(params), {"w": jnp.ones(2)}, value=3.0)
+    assert seen["value"] == 3.0
+
+
+# ------------------------------------------------------------------------- flat params
+
+
+def test_flatten_params_groups_by_dtype_and_round_trips():
+    params = {
+        "a": jnp.arange(6.0).reshape(2, 3),
+        "b": jnp.ones(4, jnp.bfloat16),
+        "c": None,
+        "d": jnp.arange(3),  # integer leaf: kept as it is
+        "e": jnp.full((2,), 7.0),
+    }
+    flat, layout = aj.flatten_params(params)
+    assert set(flat) == {"float32", "bfloat16", "other"}
+    assert flat["float32"].shape == (8,) and flat["bfloat16"].shape == (4,)
+    back = layout.unflatten(flat)
+    assert jax.tree.structure(back, is_leaf=lambda x: x is None) == jax.tree.structure(
+        params, is_leaf=lambda x: x is None
+    )
+    _assert_trees_equal(back, params)
+    assert back["b"].dtype == jnp.bfloat16 and back["d"].dtype == params["d"].dtype
+    _assert_trees_equal(layout.flatten(params), flat)
+
+
+@pytest.mark.parametrize("name", sorted(set(OPTIMIZERS) - {"adam_8bit"}))
+def test_flat_params_follow_the_tree_trajectory(name):
+    """Elementwise optimizers give the same values on flat buffers as on the tree."""
+    tx = OPTIMIZERS[name]()
+    want, _ = _plain_trajectory(tx, _params())
+    flat, layout = aj.flatten_params(_params())
+    state = tx.init(flat)
+    step = aj.make_step(tx)
+    for i in range(5):
+        flat, state = step(flat, state, layout.flatten(_grads(layout.unflatten(flat), i)))
+    for got, ref in zip(
+        jax.tree.leaves(layout.unflatten(flat)), jax.tree.leaves(want), strict=True
+    ):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), rtol=1e-6, atol=1e-7)
+    # The state is a few contiguous buffers, whatever the number of leaves.
+    big = [x for x in jax.tree.leaves(state) if x.ndim == 1]
+    assert all(x.shape == flat["float32"].shape for x in big)
+
+
+def test_flat_training_with_gradients_through_unflatten():
+    """The documented loop: differentiate through ``unflatten``; int and None leaves pass."""
+    params = {"w": jnp.ones((3, 2)), "b": jnp.zeros(2), "step": jnp.array(0), "none": None}
+
+    def loss(p, x):
+        return jnp.sum((x @ p["w"] + p["b"]) ** 2)
+
+    x = jnp.arange(6.0).reshape(2, 3)
+    tx = aj.adam(1e-2)
+
+    flat, layout = aj.flatten_params(params)
+    state = tx.init(flat)
+    step = aj.make_step(tx)
+    tree_params, tree_state = params, tx.init(params)
+    for _ in range(3):
+        g = jax.grad(lambda f: loss(layout.unflatten(f), x), allow_int=True)(flat)
+        flat, state = step(flat, state, g)
+        tg = jax.grad(loss, allow_int=True)(tree_params, x)
+        tree_params, tree_state = aj.apply_step(tx, tg, tree_state, tree_params)
+    got = layout.unflatten(flat)
+    np.testing.assert_allclose(got["w"], tree_params["w"], rtol=1e-6)
+    np.testing.assert_allclose(got["b"], tree_params["b"], rtol=1e-6, atol=1e-7)
+    assert int(got["step"]) == 0 and got["none"] is None
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    from accel_jax import fused
+
+    result = doctest.testmod(fused)
+    assert result.attempted > 0 and result.failed == 0
