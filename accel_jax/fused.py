@@ -30,9 +30,11 @@ from accel_jax.combine import _call_update
 
 
 def apply_step(
-    tx: GradientTransformation, grads: Any, opt_state: Any, params: Any, **extra_args: Any
+    tx: GradientTransformation, params: Any, opt_state: Any, grads: Any, **extra_args: Any
 ) -> tuple[Any, Any]:
     """One optimizer step: ``update`` then ``apply_updates``; returns ``(params, opt_state)``.
+
+    Arguments in the order of the results, as ``make_step``'s ``step`` takes them.
 
     The same arithmetic as calling both yourself (results are bit-identical);
     called inside one ``jax.jit`` the updates are never written to memory. Extra
@@ -42,7 +44,7 @@ def apply_step(
     >>> import jax.numpy as jnp, accel_jax as aj
     >>> tx = aj.sgd(0.1)
     >>> params = {"w": jnp.ones(2)}
-    >>> params, state = aj.apply_step(tx, {"w": jnp.ones(2)}, tx.init(params), params)
+    >>> params, state = aj.apply_step(tx, params, tx.init(params), {"w": jnp.ones(2)})
     >>> params["w"].tolist()
     [0.8999999761581421, 0.8999999761581421]
     """
@@ -69,7 +71,7 @@ def make_step(
     """
 
     def step(params, opt_state, grads, **extra_args):
-        return apply_step(tx, grads, opt_state, params, **extra_args)
+        return apply_step(tx, params, opt_state, grads, **extra_args)
 
     if not jit:
         return step

@@ -46,7 +46,7 @@ def train_digits(tx, steps: int = 500, batch_size: int = 128, seed: int = 1):
     @jax.jit
     def step(params, state, xb, yb):
         grads = jax.grad(digits_loss)(params, xb, yb)
-        return aj.apply_step(tx, grads, state, params)
+        return aj.apply_step(tx, params, state, grads)
 
     rng = np.random.default_rng(seed)
     for _ in range(steps):

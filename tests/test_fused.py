@@ -67,7 +67,7 @@ def test_apply_step_is_bit_identical_to_update_then_apply(name):
     grads = _grads(params, 0)
     updates, want_state = tx.update(grads, state, params)
     want = aj.apply_updates(params, updates)
-    got, got_state = aj.apply_step(tx, grads, state, params)
+    got, got_state = aj.apply_step(tx, params, state, grads)
     _assert_trees_equal(got, want)
     _assert_trees_equal(got_state, want_state)
 
@@ -174,7 +174,7 @@ def test_flat_training_with_gradients_through_unflatten():
         g = jax.grad(lambda f: loss(layout.unflatten(f), x), allow_int=True)(flat)
         flat, state = step(flat, state, g)
         tg = jax.grad(loss, allow_int=True)(tree_params, x)
-        tree_params, tree_state = aj.apply_step(tx, tg, tree_state, tree_params)
+        tree_params, tree_state = aj.apply_step(tx, tree_params, tree_state, tg)
     got = layout.unflatten(flat)
     np.testing.assert_allclose(got["w"], tree_params["w"], rtol=1e-6)
     np.testing.assert_allclose(got["b"], tree_params["b"], rtol=1e-6, atol=1e-7)

@@ -102,7 +102,7 @@ def test_trajectory_stays_close_to_float32_adam():
 
     def run(tx):
         p, s = params, tx.init(params)
-        step = jax.jit(lambda p, s: aj.apply_step(tx, jax.grad(loss)(p), s, p))
+        step = jax.jit(lambda p, s: aj.apply_step(tx, p, s, jax.grad(loss)(p)))
         for _ in range(200):
             p, s = step(p, s)
         return float(loss(p))
