@@ -179,6 +179,19 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)
 
 
+def moment_leaf(g: jax.Array, m: jax.Array, decay: jax.Array, order: int, dt: Any) -> jax.Array:
+    """``decay * m + (1 - decay) * g**order`` for one leaf, computed (and returned) in ``dt``."""
+    g = g.astype(dt)
+    if order == 1:
+        x = g
+    elif order == 2:
+        x = jnp.abs(g) ** 2 if jnp.iscomplexobj(g) else g * g
+    else:
+        x = jnp.abs(g) ** order
+    d = decay.astype(dt)
+    return d * m.astype(dt) + (1 - d) * x
+
+
 def update_moment(updates: Updates, moments: Any, decay: jax.Array, order: int) -> Any:
     """Exponential moving average of ``g**order`` (``|g|**2`` for complex ``g``), leafwise::
 
@@ -189,12 +202,6 @@ def update_moment(updates: Updates, moments: Any, decay: jax.Array, order: int) 
     """
 
     def moment(g, m):
-        dt = compute_dtype(g, m)
-        g = g.astype(dt)
-        x = g if order == 1 else (jnp.abs(g) ** 2 if jnp.iscomplexobj(g) else g * g)
-        if order not in (1, 2):
-            x = jnp.abs(g) ** order
-        d = decay.astype(dt)
-        return (d * m.astype(dt) + (1 - d) * x).astype(m.dtype)
+        return moment_leaf(g, m, decay, order, compute_dtype(g, m)).astype(m.dtype)
 
     return jax.tree.map(leafwise(moment, keep=1), updates, moments)

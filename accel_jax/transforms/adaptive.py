@@ -36,7 +36,7 @@ def _zero_count() -> jax.Array:
     return jnp.zeros([], jnp.int32)
 
 
-def _bias_correction(beta: jax.Array, count: jax.Array) -> jax.Array:
+def bias_correction(beta: jax.Array, count: jax.Array) -> jax.Array:
     """``1 - beta**t`` in the default float dtype."""
     return 1 - beta ** count.astype(float_dtype())
 
@@ -243,15 +243,25 @@ def _adam_moments(updates, state, b1, b2):
     return mu, nu, increment(state.count)
 
 
+def adam_eps(eps: float, bc2: jax.Array, eps_before_bias_correction: bool) -> jax.Array:
+    """The eps added to ``sqrt(v_hat)``: ``eps``, or ``eps / sqrt(1 - b2^t)`` (Keras' eps hat)."""
+    eps_eff = jnp.asarray(eps, float_dtype())
+    return eps_eff / jnp.sqrt(bc2) if eps_before_bias_correction else eps_eff
+
+
+def adam_direction_leaf(m, n, bc1, bc2, eps_root, eps_eff, dt) -> jax.Array:
+    """``m_hat / (sqrt(v_hat + eps_root) + eps_eff)`` for one leaf, in ``dt``."""
+    m_hat = m.astype(dt) / bc1.astype(dt)
+    n_hat = n.astype(dt) / bc2.astype(dt)
+    return m_hat / (jnp.sqrt(n_hat + jnp.asarray(eps_root, dt)) + eps_eff.astype(dt))
+
+
 def _adam_direction(mu, nu, updates, bc1, bc2, eps_root, eps_eff):
-    """``m_hat / (sqrt(v_hat + eps_root) + eps_eff)`` leafwise, ``v`` already maxed if AMSGrad."""
+    """:func:`adam_direction_leaf` over the tree, ``v`` already maxed if AMSGrad."""
 
     def direction(g, m, n):
         dt = compute_dtype(g, m, n)
-        m_hat = m.astype(dt) / bc1.astype(dt)
-        n_hat = n.astype(dt) / bc2.astype(dt)
-        den = jnp.sqrt(n_hat + jnp.asarray(eps_root, dt)) + eps_eff.astype(dt)
-        return (m_hat / den).astype(g.dtype)
+        return adam_direction_leaf(m, n, bc1, bc2, eps_root, eps_eff, dt).astype(g.dtype)
 
     return jax.tree.map(leafwise(direction), updates, mu, nu)
 
@@ -296,10 +306,8 @@ def scale_by_adam(
         check_structure(updates, state.mu, "the optimizer state (mu)")
         hp = current_hyperparams(specs, state.hyperparams, state.count)
         mu, nu, count = _adam_moments(updates, state, hp["b1"], hp["b2"])
-        bc1, bc2 = _bias_correction(hp["b1"], count), _bias_correction(hp["b2"], count)
-        eps_eff = jnp.asarray(eps, float_dtype())
-        if eps_before_bias_correction:
-            eps_eff = eps_eff / jnp.sqrt(bc2)
+        bc1, bc2 = bias_correction(hp["b1"], count), bias_correction(hp["b2"], count)
+        eps_eff = adam_eps(eps, bc2, eps_before_bias_correction)
         updates = _adam_direction(mu, nu, updates, bc1, bc2, eps_root, eps_eff)
         return updates, ScaleByAdamState(count, hp, mu, nu)
 
@@ -354,10 +362,8 @@ def scale_by_amsgrad(
         check_structure(updates, state.mu, "the optimizer state (mu)")
         hp = current_hyperparams(specs, state.hyperparams, state.count)
         mu, nu, count = _adam_moments(updates, state, hp["b1"], hp["b2"])
-        bc1, bc2 = _bias_correction(hp["b1"], count), _bias_correction(hp["b2"], count)
-        eps_eff = jnp.asarray(eps, float_dtype())
-        if eps_before_bias_correction:
-            eps_eff = eps_eff / jnp.sqrt(bc2)
+        bc1, bc2 = bias_correction(hp["b1"], count), bias_correction(hp["b2"], count)
+        eps_eff = adam_eps(eps, bc2, eps_before_bias_correction)
 
         def running_max(g, n, n_max):
             dt = compute_dtype(g, n, n_max)
@@ -415,7 +421,7 @@ def scale_by_adamax(
         hp = current_hyperparams(specs, state.hyperparams, state.count)
         mu = update_moment(updates, state.mu, hp["b1"], 1)
         count = increment(state.count)
-        bc1 = _bias_correction(hp["b1"], count)
+        bc1 = bias_correction(hp["b1"], count)
 
         def infinity_norm(g, n):
             dt = compute_dtype(g, n)
@@ -503,7 +509,7 @@ def scale_by_nadam(
         product = state.mu_product * mu_t
         c_m = mu_next / (1 - product * mu_next)
         c_g = (1 - mu_t) / (1 - product)
-        bc2 = _bias_correction(hp["b2"], count)
+        bc2 = bias_correction(hp["b2"], count)
 
         def direction(g, m, n):
             dt = compute_dtype(g, m, n)

@@ -43,8 +43,10 @@ from accel_jax.base import (
     check_structure,
     compute_dtype,
     is_trainable,
+    moment_leaf,
 )
-from accel_jax.hyperparams import current_hyperparams, float_dtype, increment, init_hyperparams
+from accel_jax.hyperparams import current_hyperparams, increment, init_hyperparams
+from accel_jax.transforms.adaptive import adam_direction_leaf, adam_eps, bias_correction
 
 _CODE_MAX = 448.0  # largest finite float8_e4m3fn value
 _MAX_CODE = 0x7E  # its code (0x7F is NaN)
@@ -211,11 +213,8 @@ def scale_by_adam_8bit(
         check_structure(updates, placeholders, "the optimizer state (mu)")
         hp = current_hyperparams(specs, state.hyperparams, state.count)
         count = increment(state.count)
-        t = count.astype(float_dtype())
-        bc1, bc2 = 1 - hp["b1"] ** t, 1 - hp["b2"] ** t
-        eps_eff = jnp.asarray(eps, float_dtype())
-        if eps_before_bias_correction:
-            eps_eff = eps_eff / jnp.sqrt(bc2)
+        bc1, bc2 = bias_correction(hp["b1"], count), bias_correction(hp["b2"], count)
+        eps_eff = adam_eps(eps, bc2, eps_before_bias_correction)
 
         def leaf(g, m, r):
             if not is_trainable(g):
@@ -227,13 +226,9 @@ def scale_by_adam_8bit(
                 v_old = jnp.square(dequantize(r, g.shape))
             else:
                 m_old, v_old = m.astype(dt), r.astype(dt)
-            g32 = g.astype(dt)
-            b1_, b2_ = hp["b1"].astype(dt), hp["b2"].astype(dt)
-            m_new = b1_ * m_old + (1 - b1_) * g32
-            sq = jnp.abs(g32) ** 2 if jnp.iscomplexobj(g32) else g32 * g32
-            v_new = b2_ * v_old + (1 - b2_) * sq
-            den = jnp.sqrt(v_new / bc2.astype(dt) + jnp.asarray(eps_root, dt)) + eps_eff.astype(dt)
-            u = (m_new / bc1.astype(dt) / den).astype(g.dtype)
+            m_new = moment_leaf(g, m_old, hp["b1"], 1, dt)
+            v_new = moment_leaf(g, v_old, hp["b2"], 2, dt)
+            u = adam_direction_leaf(m_new, v_new, bc1, bc2, eps_root, eps_eff, dt).astype(g.dtype)
             if quantized:
                 return _Leaf(
                     u,
