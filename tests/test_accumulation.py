@@ -102,12 +102,3 @@ def test_validation():
     tx = aj.accumulate_gradients(aj.sgd(0.1), 2)
     with pytest.raises(ValueError, match="path"):
         tx.update({"v": jnp.ones(2)}, tx.init({"w": jnp.ones(2)}))
-
-
-def test_docstring_examples():
-    import doctest
-
-    from accel_jax.transforms import accumulation
-
-    result = doctest.testmod(accumulation)
-    assert result.failed == 0 and result.attempted > 0

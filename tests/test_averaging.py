@@ -77,12 +77,3 @@ def test_averaged_params_errors_and_validation():
     tx = aj.average_params()
     with pytest.raises(ValueError, match="needs the params"):
         tx.update({"w": jnp.ones(1)}, tx.init({"w": jnp.ones(1)}))
-
-
-def test_docstring_examples():
-    import doctest
-
-    from accel_jax.transforms import averaging
-
-    result = doctest.testmod(averaging)
-    assert result.failed == 0 and result.attempted > 0

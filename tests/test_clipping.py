@@ -152,12 +152,3 @@ def test_validation():
         tx.update(_tree(), tx.init(None))
     with pytest.raises(ValueError, match="no default reduction axes"):
         aj.unit_norms(jnp.ones((1, 2, 1, 2, 1, 2)))
-
-
-def test_docstring_examples():
-    import doctest
-
-    from accel_jax.transforms import clipping
-
-    result = doctest.testmod(clipping)
-    assert result.failed == 0 and result.attempted > 0

@@ -179,12 +179,3 @@ def test_flat_training_with_gradients_through_unflatten():
     np.testing.assert_allclose(got["w"], tree_params["w"], rtol=1e-6)
     np.testing.assert_allclose(got["b"], tree_params["b"], rtol=1e-6, atol=1e-7)
     assert int(got["step"]) == 0 and got["none"] is None
-
-
-def test_docstring_examples_run():
-    import doctest
-
-    from accel_jax import fused
-
-    result = doctest.testmod(fused)
-    assert result.attempted > 0 and result.failed == 0

@@ -115,12 +115,3 @@ def test_validation():
         aj.skip_non_finite(aj.sgd(0.1), max_consecutive_skips=-1)
     with pytest.raises(ValueError, match="max_consecutive_skips"):
         aj.skip_non_finite(aj.sgd(0.1), max_consecutive_skips=1.5)
-
-
-def test_docstring_examples():
-    import doctest
-
-    from accel_jax.transforms import guards
-
-    result = doctest.testmod(guards)
-    assert result.failed == 0 and result.attempted > 0

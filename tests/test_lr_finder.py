@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import sys
 
 import jax
@@ -205,11 +204,6 @@ def test_plot_without_matplotlib_says_how_to_install_it(monkeypatch):
 def test_bad_arguments(kwargs, name):
     with pytest.raises(ValueError, match=name):
         aj.find_learning_rate(lambda p, b: 0.0, {}, aj.sgd, [None], **kwargs)
-
-
-def test_docstring_examples():
-    result = doctest.testmod(lr_finder)
-    assert result.failed == 0 and result.attempted > 0
 
 
 @pytest.mark.slow

@@ -326,12 +326,3 @@ def test_constraints_keep_dtype_and_pass_integer_leaves():
         new, updates, _ = _step(full, params, grads)
         assert updates["w"].dtype == jnp.bfloat16 and new["w"].dtype == jnp.bfloat16
         assert int(new["step"]) == 3
-
-
-def test_docstring_examples():
-    import doctest
-
-    from accel_jax.transforms import regularization
-
-    result = doctest.testmod(regularization)
-    assert result.failed == 0 and result.attempted > 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import json
 import math
 import pathlib
@@ -13,7 +12,6 @@ import numpy as np
 import pytest
 
 import accel_jax as aj
-from accel_jax import schedules
 from tests.problems import rotated_quadratic
 
 GOLDENS = np.load(pathlib.Path(__file__).parent / "reference" / "torch_schedules.npz")
@@ -392,8 +390,3 @@ BAD_ARGUMENTS = [
 def test_bad_arguments_fail_at_construction_naming_them(build, message):
     with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
         build()
-
-
-def test_docstring_examples():
-    result = doctest.testmod(schedules, optionflags=doctest.ELLIPSIS)
-    assert result.failed == 0 and result.attempted > 10
