@@ -9,6 +9,7 @@ small MLP on scikit-learn's digits to a sensible loss.
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -220,3 +221,28 @@ def test_every_optimizer_trains_an_mlp_on_digits(name):
     final = float(loss(new))
     assert float(loss(params)) > 2.0
     assert final < 0.3, final  # log(10) = 2.30 is chance level
+
+
+class VariantsTest(chex.TestCase):
+    """Every optimizer gives the same step with and without jit (chex variants), and its
+    moment trees have the params' shapes (chex tree assertions)."""
+
+    def _check(self, name):
+        params = {"w": jnp.arange(6.0).reshape(2, 3) / 6, "b": jnp.ones(3)}
+        grads = jax.tree.map(lambda p: jnp.cos(p) + 0.1, params)
+        tx = OPTIMIZERS[name](0.01)
+        state = tx.init(params)
+        for leaf_tree in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, dict)):
+            if isinstance(leaf_tree, dict) and set(leaf_tree) == set(params):
+                chex.assert_trees_all_equal_shapes(leaf_tree, params)
+        update = self.variant(tx.update)
+        u, _ = update(grads, state, params)
+        expected, _ = tx.update(grads, state, params)
+        chex.assert_trees_all_close(u, expected, rtol=1e-6)
+        chex.assert_trees_all_equal_dtypes(u, params)
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_all_optimizers(self):
+        for name in sorted(OPTIMIZERS):
+            with self.subTest(name):
+                self._check(name)
