@@ -27,6 +27,23 @@ EmptyState = optax.EmptyState
 ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
 
 
+def stateless(fn: Callable[[Updates, Params | None], Updates]) -> GradientTransformation:
+    """A transformation without state: ``update`` returns ``fn(updates, params)``.
+
+    The state is ``EmptyState()``; ``fn`` receives the params (``None`` when the
+    caller gave none).
+    """
+
+    def init_fn(params):
+        del params
+        return EmptyState()
+
+    def update_fn(updates, state, params=None):
+        return fn(updates, params), state
+
+    return GradientTransformation(init_fn, update_fn)
+
+
 def identity() -> GradientTransformation:
     """The transformation that returns the updates unchanged (state: ``EmptyState``).
 
@@ -36,15 +53,7 @@ def identity() -> GradientTransformation:
     [1.0, 1.0]
     """
 
-    def init_fn(params):
-        del params
-        return EmptyState()
-
-    def update_fn(updates, state, params=None):
-        del params
-        return updates, state
-
-    return GradientTransformation(init_fn, update_fn)
+    return stateless(lambda updates, params: updates)
 
 
 def require_params(params: Any, name: str) -> None:

@@ -9,10 +9,10 @@ import jax
 import jax.numpy as jnp
 
 from accel_jax.base import (
-    EmptyState,
     GradientTransformation,
     GradientTransformationExtraArgs,
     leafwise,
+    stateless,
 )
 
 
@@ -224,13 +224,5 @@ def freeze(mask: Any | Callable[[Any], Any] | None = None) -> GradientTransforma
     :func:`partition`, so freezing a backbone also frees its optimizer memory.
     """
 
-    def init_fn(params):
-        del params
-        return EmptyState()
-
-    def update_fn(updates, state, params=None):
-        del params
-        return jax.tree.map(leafwise(jnp.zeros_like), updates), state
-
-    tx = GradientTransformation(init_fn, update_fn)
+    tx = stateless(lambda updates, params: jax.tree.map(leafwise(jnp.zeros_like), updates))
     return tx if mask is None else masked(tx, mask)

@@ -17,12 +17,12 @@ import jax.numpy as jnp
 
 from accel_jax import _validation as v
 from accel_jax.base import (
-    EmptyState,
     GradientTransformation,
     compute_dtype,
     is_trainable,
     leafwise,
     require_params,
+    stateless,
 )
 
 
@@ -118,19 +118,12 @@ def clip(max_delta: float) -> GradientTransformation:
         if jnp.iscomplexobj(g):
             mag = jnp.abs(g)
             scale = jnp.where(mag > max_delta, max_delta / jnp.where(mag > 0, mag, 1), 1)
-            return (g * scale.astype(g.dtype)).astype(g.dtype)
+            dt = compute_dtype(g)
+            return (g.astype(dt) * scale.astype(dt)).astype(g.dtype)
         bound = jnp.asarray(max_delta, g.dtype)
         return jnp.clip(g, -bound, bound)
 
-    def init_fn(params):
-        del params
-        return EmptyState()
-
-    def update_fn(updates, state, params=None):
-        del params
-        return jax.tree.map(leafwise(clip_leaf), updates), state
-
-    return GradientTransformation(init_fn, update_fn)
+    return stateless(lambda updates, params: jax.tree.map(leafwise(clip_leaf), updates))
 
 
 def clip_by_global_norm(max_norm: float, *, axis_name: Any = None) -> GradientTransformation:
@@ -150,11 +143,7 @@ def clip_by_global_norm(max_norm: float, *, axis_name: Any = None) -> GradientTr
     """
     v.check_number("max_norm", max_norm, lo=0.0, lo_open=True)
 
-    def init_fn(params):
-        del params
-        return EmptyState()
-
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, params):
         del params
         norm = global_norm(updates, axis_name)
         keep = norm < max_norm
@@ -163,9 +152,9 @@ def clip_by_global_norm(max_norm: float, *, axis_name: Any = None) -> GradientTr
             clipped = (g / norm.astype(g.dtype)) * jnp.asarray(max_norm, g.dtype)
             return jnp.where(keep, g, clipped).astype(g.dtype)
 
-        return jax.tree.map(leafwise(rescale), updates), state
+        return jax.tree.map(leafwise(rescale), updates)
 
-    return GradientTransformation(init_fn, update_fn)
+    return stateless(update_fn)
 
 
 def adaptive_grad_clip(
@@ -189,11 +178,7 @@ def adaptive_grad_clip(
     v.check_eps("eps", eps)
     _check_axis(axis)
 
-    def init_fn(params):
-        del params
-        return EmptyState()
-
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, params):
         require_params(params, "adaptive_grad_clip")
 
         def agc(g, w):
@@ -202,6 +187,6 @@ def adaptive_grad_clip(
             clipped = g * (limit / jnp.maximum(g_norm, 1e-6)).astype(g.dtype)
             return jnp.where(g_norm < limit, g, clipped).astype(g.dtype)
 
-        return jax.tree.map(leafwise(agc), updates, params), state
+        return jax.tree.map(leafwise(agc), updates, params)
 
-    return GradientTransformation(init_fn, update_fn)
+    return stateless(update_fn)

@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from accel_jax import _validation as v
-from accel_jax.base import GradientTransformationExtraArgs, apply_updates, leafwise
+from accel_jax.base import GradientTransformationExtraArgs, apply_updates, compute_dtype, leafwise
 from accel_jax.hyperparams import float_dtype, increment
 
 PLATEAU_CONVENTIONS = ("torch", "keras")
@@ -169,7 +169,11 @@ def reduce_on_plateau(
         window_done = count % accumulation_size == 0
         state = jax.tree.map(lambda a, b: jnp.where(window_done, a, b), judged, state)
         scale = state.scale
-        updates = jax.tree.map(leafwise(lambda g: g * scale.astype(g.dtype)), updates)
+        def rescale(g):
+            dt = compute_dtype(g)
+            return (g.astype(dt) * scale.astype(dt)).astype(g.dtype)
+
+        updates = jax.tree.map(leafwise(rescale), updates)
         return updates, state
 
     return GradientTransformationExtraArgs(init_fn, update_fn)

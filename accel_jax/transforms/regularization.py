@@ -29,7 +29,6 @@ import numpy as np
 
 from accel_jax import _validation as v
 from accel_jax.base import (
-    EmptyState,
     GradientTransformation,
     ScalarOrSchedule,
     apply_updates,
@@ -38,6 +37,7 @@ from accel_jax.base import (
     is_trainable,
     leafwise,
     require_params,
+    stateless,
 )
 from accel_jax.combine import masked
 from accel_jax.hyperparams import current_hyperparams, float_dtype, increment, init_hyperparams
@@ -204,11 +204,7 @@ def max_norm(
     v.check_number("max_value", max_value, lo=0.0, lo_open=True)
     _check_axis(axis)
 
-    def init_fn(params):
-        del params
-        return EmptyState()
-
-    def update_fn(updates, state, params=None):
+    def update_fn(updates, params):
         require_params(params, "max_norm")
 
         def constrain(u, w, z):
@@ -220,9 +216,9 @@ def max_norm(
             return jnp.where(over, out, u)
 
         stepped = apply_updates(params, updates)
-        return jax.tree.map(leafwise(constrain), updates, params, stepped), state
+        return jax.tree.map(leafwise(constrain), updates, params, stepped)
 
-    return _with_mask(GradientTransformation(init_fn, update_fn), mask)
+    return _with_mask(stateless(update_fn), mask)
 
 
 # --------------------------------------------------------------------------- magnitude pruning

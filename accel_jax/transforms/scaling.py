@@ -9,11 +9,11 @@ import jax.numpy as jnp
 
 from accel_jax import _validation as v
 from accel_jax.base import (
-    EmptyState,
     GradientTransformation,
     ScalarOrSchedule,
     compute_dtype,
     leafwise,
+    stateless,
 )
 from accel_jax.hyperparams import current_hyperparams, increment, init_hyperparams
 
@@ -28,18 +28,10 @@ def scale(factor: float) -> GradientTransformation:
     """
     v.check_number("factor", factor)
 
-    def init_fn(params):
-        del params
-        return EmptyState()
+    def rescale(g):
+        return (g.astype(compute_dtype(g)) * factor).astype(g.dtype)
 
-    def update_fn(updates, state, params=None):
-        del params
-        def rescale(g):
-            return (g.astype(compute_dtype(g)) * factor).astype(g.dtype)
-
-        return jax.tree.map(leafwise(rescale), updates), state
-
-    return GradientTransformation(init_fn, update_fn)
+    return stateless(lambda updates, params: jax.tree.map(leafwise(rescale), updates))
 
 
 class ScaleByLearningRateState(NamedTuple):
