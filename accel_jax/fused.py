@@ -19,27 +19,51 @@ whatever the number of leaves. ``docs/performance.md`` says when to use which.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from accel_jax import _native
 from accel_jax.base import GradientTransformation, apply_updates, is_trainable
-from accel_jax.combine import _call_update
+from accel_jax.combine import _broadcast_to_leaves, _call_update, _resolve
+from accel_jax.transforms.adaptive import adam_eps, bias_correction
+
+# tx.update -> the function that runs tx's whole step (update + apply) with a native kernel.
+_KERNEL_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def apply_step(
-    tx: GradientTransformation, params: Any, opt_state: Any, grads: Any, **extra_args: Any
+    tx: GradientTransformation,
+    params: Any,
+    opt_state: Any,
+    grads: Any,
+    *,
+    kernel: bool | None = None,
+    **extra_args: Any,
 ) -> tuple[Any, Any]:
     """One optimizer step: ``update`` then ``apply_updates``; returns ``(params, opt_state)``.
 
     Arguments in the order of the results, as ``make_step``'s ``step`` takes them.
 
-    The same arithmetic as calling both yourself (results are bit-identical);
-    called inside one ``jax.jit`` the updates are never written to memory. Extra
-    keyword arguments go to transformations that take them (``value=`` for a
-    plateau scheduler).
+    On the XLA path the arithmetic is the same as calling both yourself (results
+    are bit-identical); called inside one ``jax.jit`` the updates are never
+    written to memory. Extra keyword arguments go to transformations that take
+    them (``value=`` for a plateau scheduler).
+
+    ``kernel`` chooses the native CPU kernel of optimizers that have one
+    (:func:`accel_jax.adam` and :func:`accel_jax.adamw` with float32 moments): one
+    pass over memory that writes params and both moments together, where XLA:CPU
+    needs three. ``None`` (the default) uses it when it is built
+    (:func:`accel_jax.native_available`), the default backend is the CPU with a
+    single device (so nothing can be sharded), and for the float32 leaves only;
+    ``True`` requires it (``ValueError`` saying why when it cannot run: use it
+    under ``pmap``/``shard_map`` or for unsharded arrays); ``False`` never uses
+    it. Kernel results equal the XLA path's to float32 rounding (``rtol`` 1e-6:
+    XLA contracts some multiply-adds into FMAs), and the step stays
+    differentiable (its JVP is the XLA formula's).
 
     >>> import jax.numpy as jnp, accel_jax as aj
     >>> tx = aj.sgd(0.1)
@@ -48,18 +72,203 @@ def apply_step(
     >>> params["w"].tolist()
     [0.8999999761581421, 0.8999999761581421]
     """
+    kernel_step = _kernel_step_for(tx, kernel)
+    if kernel_step is not None:
+        return kernel_step(params, opt_state, grads, extra_args, kernel is True)
     updates, opt_state = _call_update(tx, grads, opt_state, params, extra_args)
     return apply_updates(params, updates), opt_state
 
 
+def _kernel_step_for(tx: GradientTransformation, kernel: bool | None) -> Callable | None:
+    """The native step of ``tx`` if ``kernel`` asks for it and it can run, else ``None``."""
+    if kernel not in (None, True, False):
+        raise ValueError(f"apply_step: kernel must be None, True or False, got {kernel!r}.")
+    if kernel is False:
+        return None
+    step = _KERNEL_STEPS.get(tx.update)
+    if kernel is True:
+        if step is None:
+            raise ValueError(
+                "apply_step(kernel=True): this transformation has no native kernel; "
+                "adam and adamw (float32 moments, no amsgrad, state_bits=32) have one."
+            )
+        if not _native.native_available():
+            raise ValueError(
+                "apply_step(kernel=True): the native kernels are not available: "
+                + _native.native_status()
+            )
+        if jax.default_backend() != "cpu":
+            raise ValueError(
+                f"apply_step(kernel=True): the native kernels run on the CPU; the default "
+                f"backend is {jax.default_backend()!r}."
+            )
+        return step
+    if step is None or jax.default_backend() != "cpu" or jax.device_count() != 1:
+        return None
+    return step if _native.native_available() else None
+
+
+def register_kernel_step(tx: GradientTransformation, step: Callable) -> GradientTransformation:
+    """Makes :func:`apply_step` run ``step(params, state, grads, extra_args, required)`` for ``tx``.
+
+    For optimizer constructors (``adam``, ``adamw``); returns ``tx`` unchanged.
+    """
+    _KERNEL_STEPS[tx.update] = step
+    return tx
+
+
+def adam_kernel_step(
+    tx: GradientTransformation,
+    *,
+    eps: float,
+    eps_root: float,
+    eps_before_bias_correction: bool,
+    decay_mask: Any = None,
+    decays: bool = False,
+) -> Callable:
+    """The native step for ``tx = chain(scale_by_adam, [add_decayed_weights], lr scaling)``.
+
+    The chain's own ``update`` runs first: it validates the inputs, advances the
+    counts, schedules and hyperparameters, and gives the results of leaves the
+    kernel does not take (not float32). XLA removes its per-leaf work for the
+    leaves the kernel computes, whose outputs are then unused.
+    """
+
+    def step(params, state, grads, extra_args, required):
+        updates, new_state = _call_update(tx, grads, state, params, extra_args)
+        adam_state, lr_state = new_state[0], new_state[-1]
+        p_leaves, treedef = jax.tree.flatten(params)
+        columns = [
+            p_leaves,
+            treedef.flatten_up_to(grads),
+            treedef.flatten_up_to(state[0].mu),
+            treedef.flatten_up_to(state[0].nu),
+        ]
+        take = [
+            all(x.dtype == jnp.float32 and x.shape == leaf.shape for x in row)
+            for leaf, row in zip(p_leaves, zip(*columns, strict=True), strict=True)
+        ]
+        if required and not any(take):
+            raise ValueError(
+                "apply_step(kernel=True): the kernel takes float32 params, gradients and "
+                "moments; no leaf qualifies."
+            )
+        flags = [True] * len(p_leaves)
+        if decays and decay_mask is not None:
+            flags = [
+                bool(f)
+                for f in _broadcast_to_leaves(_resolve(decay_mask, params), params, "mask")
+                if f is not None
+            ]
+        f32 = jnp.float32
+        hp = adam_state.hyperparams
+        bc1 = bias_correction(hp["b1"], adam_state.count)
+        bc2 = bias_correction(hp["b2"], adam_state.count)
+        b1, b2 = hp["b1"].astype(f32), hp["b2"].astype(f32)
+        scalars = jnp.stack(
+            [
+                b1, 1 - b1, b2, 1 - b2, bc1.astype(f32), bc2.astype(f32),
+                jnp.asarray(eps_root, f32),
+                adam_eps(eps, bc2, eps_before_bias_correction).astype(f32),
+            ]
+        )
+        wd = new_state[1] if decays else None
+        if wd is not None:
+            wd = getattr(wd, "inner_state", wd).hyperparams["weight_decay"].astype(f32)
+        leaf_wd = [
+            wd if (wd is not None and flag) else jnp.zeros([], f32)
+            for flag, ok in zip(flags, take, strict=True)
+            if ok
+        ]
+        neg_lr = (-lr_state.hyperparams["learning_rate"]).astype(f32)
+        lr_wd = jnp.stack([neg_lr, *leaf_wd])
+        chosen = [[col[i] for i, ok in enumerate(take) if ok] for col in columns]
+        new_p, new_m, new_v = adam_leaves(scalars, lr_wd, *chosen)
+        results = [
+            treedef.flatten_up_to(apply_updates(params, updates)),
+            treedef.flatten_up_to(adam_state.mu),
+            treedef.flatten_up_to(adam_state.nu),
+        ]
+        kernel_out = [iter(new_p), iter(new_m), iter(new_v)]
+        for col, out in zip(results, kernel_out, strict=True):
+            for i, ok in enumerate(take):
+                if ok:
+                    col[i] = next(out)
+        mu = jax.tree.unflatten(treedef, results[1])
+        nu = jax.tree.unflatten(treedef, results[2])
+        new_state = (adam_state._replace(mu=mu, nu=nu), *new_state[1:])
+        return jax.tree.unflatten(treedef, results[0]), new_state
+
+    return step
+
+
+def adam_leaves_reference(scalars, lr_wd, params, grads, mu, nu):
+    """What ``accel_jax_adam_f32`` computes, in jax.numpy (its JVP, and the tests' reference)::
+
+        m <- b1 m + (1 - b1) g,   v <- b2 v + (1 - b2) g^2
+        p <- p + (-lr) ((m / bc1) / (sqrt(v / bc2 + eps_root) + eps_eff) + wd_i p)
+
+    ``scalars`` = ``[b1, 1-b1, b2, 1-b2, bc1, bc2, eps_root, eps_eff]``;
+    ``lr_wd`` = ``[-lr, wd_0, wd_1, ...]`` (one weight decay per leaf).
+    """
+    b1, c1, b2, c2, bc1, bc2, eps_root, eps_eff = (scalars[i] for i in range(8))
+    new_p, new_m, new_v = [], [], []
+    for i, (p, g, m, v) in enumerate(zip(params, grads, mu, nu, strict=True)):
+        m = b1 * m + c1 * g
+        v = b2 * v + c2 * (g * g)
+        u = (m / bc1) / (jnp.sqrt(v / bc2 + eps_root) + eps_eff) + lr_wd[1 + i] * p
+        new_p.append(p + u * lr_wd[0])
+        new_m.append(m)
+        new_v.append(v)
+    return new_p, new_m, new_v
+
+
+# Leaves per kernel call: XLA's compile time grows with the square of a custom
+# call's aliased operands (1,000 leaves in one call: 77 s; in calls of 30: 3 s).
+_LEAVES_PER_CALL = 32
+
+
+@jax.custom_jvp
+def adam_leaves(scalars, lr_wd, params, grads, mu, nu):
+    """:func:`adam_leaves_reference` computed by the native kernel, in place when donated."""
+    new_p, new_m, new_v = [], [], []
+    for start in range(0, len(params), _LEAVES_PER_CALL):
+        part = slice(start, start + _LEAVES_PER_CALL)
+        ps, ms, vs = params[part], mu[part], nu[part]
+        n = len(ps)
+        shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (*ps, *ms, *vs)]
+        # Operands 2+i (params), 2+2n+i (mu), 2+3n+i (nu) share a buffer with results i,
+        # n+i, 2n+i.
+        aliases = {2 + i: i for i in range(n)}
+        aliases.update({2 + 2 * n + i: n + i for i in range(n)})
+        aliases.update({2 + 3 * n + i: 2 * n + i for i in range(n)})
+        call = jax.ffi.ffi_call(
+            "accel_jax_adam_f32", shapes, input_output_aliases=aliases, vmap_method="sequential"
+        )
+        wd = jnp.concatenate([lr_wd[:1], lr_wd[1 + start : 1 + start + n]])
+        out = call(scalars, wd, *ps, *grads[part], *ms, *vs)
+        new_p += out[:n]
+        new_m += out[n : 2 * n]
+        new_v += out[2 * n :]
+    return new_p, new_m, new_v
+
+
+@adam_leaves.defjvp
+def _adam_leaves_jvp(primals, tangents):
+    _, tangents_out = jax.jvp(adam_leaves_reference, primals, tangents)
+    return adam_leaves(*primals), tangents_out
+
+
 def make_step(
-    tx: GradientTransformation, *, donate: bool = True, jit: bool = True
+    tx: GradientTransformation, *, donate: bool = True, jit: bool = True, kernel: bool | None = None
 ) -> Callable[..., tuple[Any, Any]]:
     """``step(params, opt_state, grads, **extra_args) -> (params, opt_state)``, jitted.
 
     With ``donate=True`` (the default) the params and state buffers are donated:
     XLA updates them in place, so the step needs no second copy of the model and
     optimizer state. Do not use the arrays you passed in after the call.
+    ``kernel`` is :func:`apply_step`'s (by default the native CPU kernel of Adam
+    and AdamW is used where it is safe).
 
     >>> import jax.numpy as jnp, accel_jax as aj
     >>> tx = aj.adam(1e-3)
@@ -71,7 +280,7 @@ def make_step(
     """
 
     def step(params, opt_state, grads, **extra_args):
-        return apply_step(tx, params, opt_state, grads, **extra_args)
+        return apply_step(tx, params, opt_state, grads, kernel=kernel, **extra_args)
 
     if not jit:
         return step

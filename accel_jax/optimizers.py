@@ -14,6 +14,7 @@ from typing import Any
 from accel_jax import _validation as v
 from accel_jax.base import GradientTransformationExtraArgs, ScalarOrSchedule
 from accel_jax.combine import chain
+from accel_jax.fused import adam_kernel_step, register_kernel_step
 from accel_jax.transforms.adaptive import (
     scale_by_adagrad,
     scale_by_adam,
@@ -276,6 +277,21 @@ def _adam_scaling(s, b1, b2, eps_root, amsgrad, mu_dtype, nu_dtype, state_bits=3
     return scale_by_adam(b1, b2, s["eps"], eps_root, **common)
 
 
+def _with_adam_kernel(tx, s, eps_root, amsgrad, state_bits, *, decays=False, mask=None):
+    """Registers the native single-pass step for plain Adam/AdamW (see ``apply_step``)."""
+    if amsgrad or state_bits != 32:
+        return tx
+    step = adam_kernel_step(
+        tx,
+        eps=s["eps"],
+        eps_root=eps_root,
+        eps_before_bias_correction=s["eps_before_bias_correction"],
+        decay_mask=mask,
+        decays=decays,
+    )
+    return register_kernel_step(tx, step)
+
+
 _ADAM_TABLE = """
     ================================  =====  =====  =====
     argument                          optax  torch  keras
@@ -337,10 +353,11 @@ def adam(
         amsgrad_max_of_corrected=amsgrad_max_of_corrected,
     )
     v.check_rate("learning_rate", learning_rate)
-    return chain(
+    tx = chain(
         _adam_scaling(s, b1, b2, eps_root, amsgrad, mu_dtype, nu_dtype, state_bits),
         scale_by_learning_rate(learning_rate),
     )
+    return _with_adam_kernel(tx, s, eps_root, amsgrad, state_bits)
 
 
 adam.__doc__ = adam.__doc__.replace("{table}", _ADAM_TABLE)
@@ -384,11 +401,12 @@ def adamw(
         weight_decay=weight_decay,
     )
     v.check_rate("learning_rate", learning_rate)
-    return chain(
+    tx = chain(
         _adam_scaling(s, b1, b2, eps_root, amsgrad, mu_dtype, nu_dtype, state_bits),
         add_decayed_weights(s["weight_decay"], mask),
         scale_by_learning_rate(learning_rate),
     )
+    return _with_adam_kernel(tx, s, eps_root, amsgrad, state_bits, decays=True, mask=mask)
 
 
 adamw.__doc__ = adamw.__doc__.replace("{table}", _ADAM_TABLE)

@@ -144,7 +144,9 @@ class JaxCase:
         else:
             self.tx = aj.adam(LR, state_bits=8) if impl == "accel_jax 8-bit" else (
                 jax_optimizer("accel_jax", opt))
-            self.step = aj.make_step(self.tx)
+            # "accel_jax" is the default step: the native CPU kernel where the optimizer
+            # has one (Adam, AdamW); "accel_jax xla" forces the XLA path.
+            self.step = aj.make_step(self.tx, kernel=False if impl == "accel_jax xla" else None)
         if impl == "accel_jax flat":
             params, layout = aj.flatten_params(params)
             grads = layout.flatten(grads)  # a flat-params model's gradients come out flat
@@ -254,7 +256,8 @@ def compile_time(impl, leaves, size, train_step=False):
 
         fn = jax.jit(step, donate_argnums=(0, 1))
     else:
-        fn = jax_step(tx) if lib == "optax" else aj.make_step(tx)
+        fn = jax_step(tx) if lib == "optax" else aj.make_step(
+            tx, kernel=False if impl == "accel_jax xla" else None)
     t0 = time.perf_counter()
     fn.lower(params, state, grads).compile()
     return time.perf_counter() - t0
@@ -322,7 +325,7 @@ def main(argv=None) -> dict:
     print("machine:", json.dumps(results["machine"]))
 
     n_a = sum(int(np.prod(s)) for s in tree_shapes("A", args.quick))
-    impls = ["optax", "accel_jax", "accel_jax flat"]
+    impls = ["optax", "accel_jax xla", "accel_jax", "accel_jax flat"]
     torch_modes = ["for-loop", "foreach", "fused"] if have_torch else []
     triads = []
     for tree in trees:
@@ -382,12 +385,14 @@ def main(argv=None) -> dict:
         print(f"\n== compile time (s) of the jitted Adam step, leaves of {size} values; and of "
               "a whole train step (loss + grad + step) where leaves <= 1000")
         print(f"{'leaves':>7} {'optax':>8} {'accel_jax':>10} {'ratio':>6} {'flat':>7} "
-              f"{'ratio':>6} {'train: optax':>13} {'train: flat':>12}")
+              f"{'ratio':>6} {'train: optax':>13} {'train: flat':>12} {'xla path':>9}")
         for leaves in compile_leaves:
             row = {"leaves": leaves}
             for impl in ["optax", "accel_jax", "accel_jax flat"]:
                 gc.collect()
                 row[impl] = compile_time(impl, leaves, size)
+            if leaves <= 1000:  # at 10,000 leaves it compiles as slowly as optax (RESULTS.md)
+                row["accel_jax xla"] = compile_time("accel_jax xla", leaves, size)
             if leaves <= 1000:
                 row["train optax"] = compile_time("optax", leaves, size, train_step=True)
                 row["train accel_jax flat"] = compile_time(
@@ -397,7 +402,8 @@ def main(argv=None) -> dict:
                      if "train optax" in row else f"{'-':>13} {'-':>12}")
             print(f"{leaves:>7} {row['optax']:>8.2f} {row['accel_jax']:>10.2f} "
                   f"{row['accel_jax'] / row['optax']:>6.2f} {row['accel_jax flat']:>7.2f} "
-                  f"{row['accel_jax flat'] / row['optax']:>6.2f} {train}", flush=True)
+                  f"{row['accel_jax flat'] / row['optax']:>6.2f} {train} "
+                  f"{row.get('accel_jax xla', float('nan')):>9.2f}", flush=True)
 
     if not args.no_quality:
         from benchmarks.quality import state_formats, train_digits

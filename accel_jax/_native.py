@@ -1,0 +1,128 @@
+"""Builds, loads and registers accel_jax's native CPU kernels (``kernels/cpu_kernels.cc``).
+
+The kernels are compiled on first use with the machine's C++ compiler against
+the XLA FFI headers that jaxlib ships (``jax.ffi.include_dir()``), cached as a
+shared library, loaded with ``ctypes`` and registered as ``jax.ffi`` targets for
+the CPU platform. Nothing here is needed for correctness: when no compiler is
+found, the build fails, or ``ACCEL_JAX_NATIVE=0`` is set, :func:`native_status`
+says why and every step runs on the XLA path.
+
+Environment:
+
+* ``ACCEL_JAX_NATIVE=0`` disables the kernels;
+* ``ACCEL_JAX_CACHE_DIR`` sets the cache folder (default
+  ``$XDG_CACHE_HOME/accel_jax`` or ``~/.cache/accel_jax``);
+* ``CXX`` names the compiler (default: ``c++``, ``g++`` or ``clang++``, the first found).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import jax
+
+SOURCE = Path(__file__).parent / "kernels" / "cpu_kernels.cc"
+TARGETS = ("accel_jax_adam_f32",)
+_FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-w")
+
+_lock = threading.Lock()
+_state: dict[str, object] = {}  # "ok": bool, "why": str, "library": path
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("ACCEL_JAX_CACHE_DIR"):
+        return Path(os.environ["ACCEL_JAX_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "accel_jax"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CXX"), "c++", "g++", "clang++"):
+        if name and shutil.which(name):
+            return shutil.which(name)
+    return None
+
+
+def _cpu_flags() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        import platform
+
+        return platform.processor() or platform.machine()
+
+
+def _build(compiler: str) -> Path:
+    """Compiles the kernels if the cache has no library for this source, jaxlib and compiler."""
+    include = jax.ffi.include_dir()
+    key = hashlib.sha256()
+    # -march=native: the library is only valid on this kind of CPU, so its flags are in the key.
+    for part in (SOURCE.read_bytes(), jax.__version__, compiler, _cpu_flags(), *_FLAGS):
+        key.update(part if isinstance(part, bytes) else part.encode())
+    cache = _cache_dir()
+    library = cache / f"cpu_kernels-{key.hexdigest()[:16]}.so"
+    if library.exists():
+        return library
+    cache.mkdir(parents=True, exist_ok=True)
+    # Build next to the target and rename: concurrent processes never load a partial file.
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
+    os.close(fd)
+    try:
+        cmd = [compiler, *_FLAGS, f"-I{include}", str(SOURCE), "-o", tmp]
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+        os.replace(tmp, library)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return library
+
+
+def _load() -> None:
+    if os.environ.get("ACCEL_JAX_NATIVE", "1") == "0":
+        raise RuntimeError("disabled by ACCEL_JAX_NATIVE=0")
+    if not SOURCE.exists():
+        raise RuntimeError(f"kernel source {SOURCE} is missing from the installation")
+    compiler = _compiler()
+    if compiler is None:
+        raise RuntimeError("no C++ compiler found (set CXX, or install g++ or clang++)")
+    library = _build(compiler)
+    lib = ctypes.cdll.LoadLibrary(str(library))
+    for name in TARGETS:
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+    _state["library"] = str(library)
+
+
+def native_available() -> bool:
+    """Whether the native CPU kernels are built and registered (builds them on first call).
+
+    Never raises: when they cannot be built, :func:`native_status` says why and
+    the optimizer steps use the XLA path.
+
+    >>> import accel_jax as aj
+    >>> isinstance(aj.native_available(), bool)
+    True
+    """
+    with _lock:
+        if "ok" not in _state:
+            try:
+                _load()
+                _state.update(ok=True, why="built and registered: " + str(_state["library"]))
+            except Exception as err:  # noqa: BLE001 - any failure means "use the XLA path"
+                _state.update(ok=False, why=f"{type(err).__name__}: {err}")
+        return bool(_state["ok"])
+
+
+def native_status() -> str:
+    """One line: where the native kernels were loaded from, or why they are not used."""
+    native_available()
+    return str(_state["why"])

@@ -1,0 +1,319 @@
+"""The native single-pass CPU kernel of Adam/AdamW agrees with the XLA path and stays safe.
+
+The XLA path is the reference (itself checked against optax, torch and Keras in
+test_conformance.py); the kernel reorders nothing but XLA contracts some
+multiply-adds into FMAs, so values agree to float32 rounding (rtol 1e-6), not bit
+for bit.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import accel_jax as aj
+from accel_jax import _native, fused
+
+KERNEL = "accel_jax_adam_f32"
+
+CONFIGS = {
+    "adam": lambda: aj.adam(1e-2),
+    "adam_torch": lambda: aj.adam(1e-2, convention="torch"),
+    "adam_keras": lambda: aj.adam(1e-2, convention="keras"),
+    "adam_eps_root": lambda: aj.adam(1e-2, eps=1e-6, eps_root=1e-8),
+    "adam_schedules": lambda: aj.adam(
+        aj.warmup(aj.cosine_decay(1e-2, 12), 3), b1=aj.linear_schedule(0.8, 0.95, 10)
+    ),
+    "adamw": lambda: aj.adamw(1e-2, weight_decay=0.1),
+    "adamw_torch": lambda: aj.adamw(1e-2, convention="torch"),
+    "adamw_mask_fn": lambda: aj.adamw(
+        1e-2, weight_decay=0.1, mask=lambda p: jax.tree.map(lambda x: x.ndim > 1, p)
+    ),
+    "adamw_mask_prefix": lambda: aj.adamw(
+        1e-2, weight_decay=0.1, mask={"dense": True, "emb": False, "scale": False}
+    ),
+}
+
+
+def _params():
+    k = jax.random.split(jax.random.PRNGKey(0), 3)
+    return {
+        "dense": {"kernel": jax.random.normal(k[0], (80, 64)), "bias": jnp.zeros(64)},
+        "emb": jax.random.normal(k[1], (5000,)),
+        "scale": jnp.ones(()),
+    }
+
+
+def _grads(params, i, scale=1.0):
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(100 + i), len(leaves))
+    out = []
+    for key, p in zip(keys, leaves, strict=True):
+        if jnp.issubdtype(p.dtype, jnp.floating):
+            out.append((scale * jax.random.normal(key, p.shape)).astype(p.dtype))
+        else:
+            out.append(np.zeros(p.shape, jax.dtypes.float0))
+    return jax.tree.unflatten(treedef, out)
+
+
+def _run(tx, kernel, params=None, steps=12, scale=1.0):
+    params = _params() if params is None else params
+    state = tx.init(params)
+    step = jax.jit(lambda p, s, g: aj.apply_step(tx, p, s, g, kernel=kernel))
+    for i in range(steps):
+        params, state = step(params, state, _grads(params, i, scale))
+    return params, state
+
+
+def _assert_close(a, b):
+    """Leafwise: rtol 1e-6, and an atol of 1e-6 x the leaf's largest value (near-zero entries)."""
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6 * float(np.max(np.abs(y)) or 1.0))
+
+
+def _uses_kernel(fn, *args) -> bool:
+    return KERNEL in jax.jit(fn).lower(*args).as_text()
+
+
+def test_the_kernels_build_on_this_machine():
+    assert aj.native_available(), aj.native_status()
+    assert "built and registered" in aj.native_status()
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_kernel_step_matches_the_xla_path(name):
+    tx = CONFIGS[name]()
+    # Small gradients make eps matter, so its placement (convention) is checked too.
+    for scale in (1.0, 1e-5):
+        _assert_close(_run(tx, True, scale=scale), _run(tx, False, scale=scale))
+
+
+def test_kernel_step_detects_a_wrong_formula():
+    """The comparison above can fail: a kernel step built with the wrong eps does not match."""
+    tx = aj.adam(1e-2, convention="keras")
+    wrong = fused.adam_kernel_step(tx, eps=1e-7, eps_root=0.0, eps_before_bias_correction=False)
+    params = _params()
+    state = tx.init(params)
+    grads = _grads(params, 0, scale=1e-6)
+    p_ok, _ = aj.apply_step(tx, params, state, grads, kernel=False)
+    p_bad, _ = wrong(params, state, grads, {}, True)
+    delta = np.abs(np.asarray(p_ok["emb"]) - np.asarray(p_bad["emb"]))
+    assert delta.max() > 1e3 * 1e-6 * np.abs(np.asarray(p_ok["emb"])).max()
+
+
+def test_kernel_matches_a_numpy_reference():
+    """The kernel itself against the documented per-element formula, in float64 NumPy."""
+    rng = np.random.default_rng(0)
+    shapes = [(1000,), (7, 3), ()]
+    p, g, m = ([rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(3))
+    v = [np.abs(rng.standard_normal(s)).astype(np.float32) for s in shapes]
+    scalars = np.array([0.9, 0.1, 0.999, 0.001, 0.19, 0.002, 1e-9, 1e-8], np.float32)
+    lr_wd = np.array([-1e-2, 0.1, 0.0, 0.3], np.float32)
+    out = jax.jit(fused.adam_leaves)(scalars, lr_wd, p, g, m, v)
+    s = scalars.astype(np.float64)
+    for i in range(len(shapes)):
+        g64 = g[i].astype(np.float64)
+        m_ref = s[0] * m[i] + s[1] * g64
+        v_ref = s[2] * v[i] + s[3] * g64 * g64
+        u = (m_ref / s[4]) / (np.sqrt(v_ref / s[5] + s[6]) + s[7]) + lr_wd[1 + i] * p[i]
+        p_ref = p[i] + u * np.float64(lr_wd[0])
+        for got, ref in zip((out[0][i], out[1][i], out[2][i]), (p_ref, m_ref, v_ref), strict=True):
+            np.testing.assert_allclose(np.asarray(got), ref, rtol=2e-6, atol=1e-7)
+
+
+def test_mixed_trees_take_the_kernel_for_float32_leaves_only():
+    params = {
+        "w": jnp.linspace(-1.0, 1.0, 300),
+        "half": jnp.linspace(-1.0, 1.0, 50).astype(jnp.bfloat16),
+        "steps": jnp.arange(4),
+        "none": None,
+    }
+    tx = aj.adamw(1e-2, weight_decay=0.1)
+    got = _run(tx, True, params=params, steps=6)
+    want = _run(tx, False, params=params, steps=6)
+    _assert_close(got[0]["w"], want[0]["w"])
+    # Leaves the kernel does not take are the XLA path's, bit for bit.
+    np.testing.assert_array_equal(got[0]["half"], want[0]["half"])
+    np.testing.assert_array_equal(got[0]["steps"], want[0]["steps"])
+    assert got[0]["none"] is None
+    _assert_close(got[1], want[1])
+
+
+def test_kernel_true_explains_why_it_cannot_run():
+    params = {"w": jnp.ones(3)}
+    grads = {"w": jnp.ones(3)}
+    sgd = aj.sgd(0.1)
+    with pytest.raises(ValueError, match="no native kernel"):
+        aj.apply_step(sgd, params, sgd.init(params), grads, kernel=True)
+    amsgrad = aj.adam(0.1, amsgrad=True)
+    with pytest.raises(ValueError, match="no native kernel"):
+        aj.apply_step(amsgrad, params, amsgrad.init(params), grads, kernel=True)
+    tx = aj.adam(0.1)
+    half = {"w": jnp.ones(3, jnp.bfloat16)}
+    with pytest.raises(ValueError, match="no leaf qualifies"):
+        aj.apply_step(tx, half, tx.init(half), half, kernel=True)
+    with pytest.raises(ValueError, match="kernel must be None, True or False, got 'yes'"):
+        aj.apply_step(tx, params, tx.init(params), grads, kernel="yes")
+
+
+def test_kernel_step_still_rejects_a_mismatched_tree():
+    tx = aj.adam(0.1)
+    params = {"w": jnp.ones(3)}
+    with pytest.raises(ValueError, match="w"):
+        aj.apply_step(tx, params, tx.init(params), {"w": jnp.ones(4)}, kernel=True)
+
+
+def test_default_uses_the_kernel_only_where_nothing_can_be_sharded():
+    tx = aj.adam(0.1)
+    params = {"w": jnp.ones(3)}
+    args = (params, tx.init(params), params)
+    assert _uses_kernel(lambda p, s, g: aj.apply_step(tx, p, s, g, kernel=True), *args)
+    assert not _uses_kernel(lambda p, s, g: aj.apply_step(tx, p, s, g, kernel=False), *args)
+    # The tests run with 8 CPU devices: params could be sharded, so the default is XLA.
+    assert jax.device_count() == 8
+    assert not _uses_kernel(lambda p, s, g: aj.apply_step(tx, p, s, g), *args)
+
+
+def test_default_uses_the_kernel_on_a_single_cpu_device():
+    script = textwrap.dedent(
+        """
+        import jax, jax.numpy as jnp, accel_jax as aj
+        tx = aj.adamw(0.1)
+        p = {"w": jnp.ones(3)}
+        text = jax.jit(aj.make_step(tx)).lower(p, tx.init(p), p).as_text()
+        print(jax.device_count(), "accel_jax_adam_f32" in text)
+        """
+    )
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["1", "True"]
+
+
+def test_kernel_path_compiles_to_no_per_leaf_kernels():
+    """The chain's per-leaf XLA work is dead code once the kernel computes those leaves."""
+    tx = aj.adam(0.1)
+    params = {f"p{i}": jnp.ones(100) for i in range(40)}
+    state = tx.init(params)
+    step = aj.make_step(tx, kernel=True)
+    text = step.lower(params, state, params).compile().as_text()
+    assert text.count(f'custom_call_target="{KERNEL}"') == 2  # 40 leaves in calls of 32
+    assert text.count("fusion(") < 10  # the scalars only; the XLA path has 3 per leaf
+
+
+def test_make_step_kernel_donates_and_updates_in_place():
+    tx = aj.adamw(1e-2)
+    params = _params()
+    state = tx.init(params)
+    want = aj.apply_step(tx, params, state, _grads(params, 0), kernel=False)
+    params2 = jax.tree.map(jnp.copy, params)
+    state2 = jax.tree.map(jnp.copy, state)
+    step = aj.make_step(tx, kernel=True)
+    got = step(params2, state2, _grads(params, 0))
+    assert params2["emb"].is_deleted() and state2[0].mu["emb"].is_deleted()
+    _assert_close(got, want)
+
+
+def test_kernel_step_compiles_once():
+    traces = []
+    tx = aj.adam(1e-2)
+
+    def step(p, s, g):
+        traces.append(1)
+        return aj.apply_step(tx, p, s, g, kernel=True)
+
+    jitted = jax.jit(step)
+    params = _params()
+    state = tx.init(params)
+    for i in range(3):
+        params, state = jitted(params, state, _grads(params, i))
+    assert len(traces) == 1
+
+
+def test_kernel_step_is_differentiable():
+    """Its JVP is the XLA formula's: gradients through the step equal the XLA path's."""
+    tx = aj.adamw(1e-1)
+    # After a few steps: at the first step m/sqrt(v) = sign(g), whose derivative is 0.
+    params, state = _run(tx, False, steps=3)
+
+    def loss(grads, kernel):
+        new, _ = aj.apply_step(tx, params, state, grads, kernel=kernel)
+        return sum(jnp.sum(jnp.sin(x)) for x in jax.tree.leaves(new))
+
+    grads = _grads(params, 0)
+    _assert_close(jax.grad(loss)(grads, True), jax.grad(loss)(grads, False))
+
+
+def test_kernel_step_under_vmap():
+    tx = aj.adam(1e-2)
+    params = {"w": jnp.stack([jnp.linspace(-1.0, 1.0, 64) * k for k in (1.0, 2.0, 3.0)])}
+    grads = {"w": jnp.cos(params["w"])}
+    state = jax.vmap(tx.init)(params)
+
+    def step(kernel):
+        return jax.vmap(lambda p, s, g: aj.apply_step(tx, p, s, g, kernel=kernel))(
+            params, state, grads
+        )
+
+    _assert_close(step(True), step(False))
+
+
+def test_kernel_step_under_pmap_equals_one_device():
+    tx = aj.adam(1e-2)
+    n = jax.device_count()
+    params = {"w": jnp.linspace(-1.0, 1.0, 128)}
+    grads = {"w": jnp.cos(params["w"] * 3)}
+    state = tx.init(params)
+    replicate = lambda tree: jax.tree.map(lambda x: jnp.stack([x] * n), tree)  # noqa: E731
+    step = jax.pmap(lambda p, s, g: aj.apply_step(tx, p, s, g, kernel=True))
+    p_all, _ = step(replicate(params), replicate(state), replicate(grads))
+    p_one, _ = aj.apply_step(tx, params, state, grads, kernel=False)
+    for d in range(n):
+        _assert_close(p_all["w"][d], p_one["w"])
+
+
+def test_without_a_compiler_everything_runs_on_the_xla_path(tmp_path):
+    script = textwrap.dedent(
+        """
+        import jax.numpy as jnp, accel_jax as aj
+        print(aj.native_available())
+        print(aj.native_status())
+        tx = aj.adam(0.1)
+        p = {"w": jnp.ones(3)}
+        p, s = aj.make_step(tx)(p, tx.init(p), {"w": jnp.ones(3)})
+        print(round(float(p["w"][0]), 4))
+        """
+    )
+    env = {**os.environ, "CXX": str(tmp_path / "no-such-compiler"), "PATH": str(tmp_path),
+           "ACCEL_JAX_CACHE_DIR": str(tmp_path / "cache")}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out[0] == "False"
+    assert "no C++ compiler found" in out[1]
+    assert out[2] == "0.9"
+    env = {**os.environ, "ACCEL_JAX_NATIVE": "0"}
+    out = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    assert out[:2] == ["False", "RuntimeError: disabled by ACCEL_JAX_NATIVE=0"]
+
+
+def test_the_build_is_cached_and_keyed_by_the_source(tmp_path, monkeypatch):
+    monkeypatch.setenv("ACCEL_JAX_CACHE_DIR", str(tmp_path))
+    compiler = _native._compiler()
+    first = _native._build(compiler)
+    mtime = first.stat().st_mtime_ns
+    assert _native._build(compiler) == first and first.stat().st_mtime_ns == mtime
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no temporary files left
+    source = tmp_path / "changed.cc"
+    source.write_text(_native.SOURCE.read_text() + "\n// changed\n")
+    monkeypatch.setattr(_native, "SOURCE", source)
+    assert _native._build(compiler) != first
