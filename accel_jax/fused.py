@@ -28,8 +28,7 @@ import jax.numpy as jnp
 
 from accel_jax import _native
 from accel_jax.base import GradientTransformation, apply_updates, is_trainable
-from accel_jax.combine import _broadcast_to_leaves, _call_update, _resolve
-from accel_jax.transforms.adaptive import adam_eps, bias_correction
+from accel_jax.combine import _call_update
 
 # tx.update -> the function that runs tx's whole step (update + apply) with a native kernel.
 _KERNEL_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
@@ -108,25 +107,36 @@ def _kernel_step_for(tx: GradientTransformation, kernel: bool | None) -> Callabl
     return step if _native.native_available() else None
 
 
-def register_kernel_step(tx: GradientTransformation, step: Callable) -> GradientTransformation:
-    """Makes :func:`apply_step` run ``step(params, state, grads, extra_args, required)`` for ``tx``.
+def register_kernel_step(tx: GradientTransformation, spec: KernelSpec) -> GradientTransformation:
+    """Makes :func:`apply_step` run ``tx``'s step with the native kernel ``spec`` describes.
 
-    For optimizer constructors (``adam``, ``adamw``); returns ``tx`` unchanged.
+    For optimizer constructors (``adam``, ``adamw``, ``sgd``, ``rmsprop``); returns
+    ``tx`` unchanged.
     """
-    _KERNEL_STEPS[tx.update] = step
+    _KERNEL_STEPS[tx.update] = _kernel_step(tx, spec)
     return tx
 
 
-def adam_kernel_step(
-    tx: GradientTransformation,
-    *,
-    eps: float,
-    eps_root: float,
-    eps_before_bias_correction: bool,
-    decay_mask: Any = None,
-    decays: bool = False,
-) -> Callable:
-    """The native step for ``tx = chain(scale_by_adam, [add_decayed_weights], lr scaling)``.
+class KernelSpec(NamedTuple):
+    """How a chain's state maps onto a native kernel (see ``kernels/cpu_kernels.cc``).
+
+    ``slots(state)``: the per-leaf state trees the kernel updates, in its order;
+    ``with_slots(state, trees)``: ``state`` with those trees replaced;
+    ``scalars(new_state)``: the step's scalars (float32 vector), read from the
+    state the chain's own ``update`` returned (counts, schedules, hyperparameters
+    already advanced); ``leaf_scalars(params, new_state)``: one float32 value per
+    params leaf, or ``None`` for zeros.
+    """
+
+    target: str
+    slots: Callable[[Any], list]
+    with_slots: Callable[[Any, list], Any]
+    scalars: Callable[[Any], jax.Array]
+    leaf_scalars: Callable[[Any, Any], list] | None = None
+
+
+def _kernel_step(tx: GradientTransformation, spec: KernelSpec) -> Callable:
+    """``step(params, state, grads, extra_args, required) -> (params, state)`` with the kernel.
 
     The chain's own ``update`` runs first: it validates the inputs, advances the
     counts, schedules and hyperparameters, and gives the results of leaves the
@@ -136,14 +146,9 @@ def adam_kernel_step(
 
     def step(params, state, grads, extra_args, required):
         updates, new_state = _call_update(tx, grads, state, params, extra_args)
-        adam_state, lr_state = new_state[0], new_state[-1]
         p_leaves, treedef = jax.tree.flatten(params)
-        columns = [
-            p_leaves,
-            treedef.flatten_up_to(grads),
-            treedef.flatten_up_to(state[0].mu),
-            treedef.flatten_up_to(state[0].nu),
-        ]
+        columns = [p_leaves, treedef.flatten_up_to(grads)]
+        columns += [treedef.flatten_up_to(t) for t in spec.slots(state)]
         take = [
             all(x.dtype == jnp.float32 and x.shape == leaf.shape for x in row)
             for leaf, row in zip(p_leaves, zip(*columns, strict=True), strict=True)
@@ -151,112 +156,29 @@ def adam_kernel_step(
         if required and not any(take):
             raise ValueError(
                 "apply_step(kernel=True): the kernel takes float32 params, gradients and "
-                "moments; no leaf qualifies."
+                "optimizer state; no leaf qualifies."
             )
-        flags = [True] * len(p_leaves)
-        if decays and decay_mask is not None:
-            flags = [
-                bool(f)
-                for f in _broadcast_to_leaves(_resolve(decay_mask, params), params, "mask")
-                if f is not None
-            ]
-        f32 = jnp.float32
-        hp = adam_state.hyperparams
-        bc1 = bias_correction(hp["b1"], adam_state.count)
-        bc2 = bias_correction(hp["b2"], adam_state.count)
-        b1, b2 = hp["b1"].astype(f32), hp["b2"].astype(f32)
-        scalars = jnp.stack(
-            [
-                b1, 1 - b1, b2, 1 - b2, bc1.astype(f32), bc2.astype(f32),
-                jnp.asarray(eps_root, f32),
-                adam_eps(eps, bc2, eps_before_bias_correction).astype(f32),
-            ]
+        leaf_scalars = (
+            spec.leaf_scalars(params, new_state)
+            if spec.leaf_scalars is not None
+            else [jnp.zeros([], jnp.float32)] * len(p_leaves)
         )
-        wd = new_state[1] if decays else None
-        if wd is not None:
-            wd = getattr(wd, "inner_state", wd).hyperparams["weight_decay"].astype(f32)
-        leaf_wd = [
-            wd if (wd is not None and flag) else jnp.zeros([], f32)
-            for flag, ok in zip(flags, take, strict=True)
-            if ok
-        ]
-        neg_lr = (-lr_state.hyperparams["learning_rate"]).astype(f32)
-        lr_wd = jnp.stack([neg_lr, *leaf_wd])
         chosen = [[col[i] for i, ok in enumerate(take) if ok] for col in columns]
-        new_p, new_m, new_v = adam_leaves(scalars, lr_wd, *chosen)
-        results = [
-            treedef.flatten_up_to(apply_updates(params, updates)),
-            treedef.flatten_up_to(adam_state.mu),
-            treedef.flatten_up_to(adam_state.nu),
-        ]
-        kernel_out = [iter(new_p), iter(new_m), iter(new_v)]
-        for col, out in zip(results, kernel_out, strict=True):
+        leaf_values = jnp.stack([v for v, ok in zip(leaf_scalars, take, strict=True) if ok])
+        new_p, new_slots = _native.native_leaves(
+            spec.target, spec.scalars(new_state), leaf_values, chosen[0], chosen[1], chosen[2:]
+        )
+        results = [treedef.flatten_up_to(apply_updates(params, updates))]
+        results += [treedef.flatten_up_to(t) for t in spec.slots(new_state)]
+        for col, out in zip(results, [new_p, *new_slots], strict=True):
+            out = iter(out)
             for i, ok in enumerate(take):
                 if ok:
                     col[i] = next(out)
-        mu = jax.tree.unflatten(treedef, results[1])
-        nu = jax.tree.unflatten(treedef, results[2])
-        new_state = (adam_state._replace(mu=mu, nu=nu), *new_state[1:])
-        return jax.tree.unflatten(treedef, results[0]), new_state
+        slots = [jax.tree.unflatten(treedef, col) for col in results[1:]]
+        return jax.tree.unflatten(treedef, results[0]), spec.with_slots(new_state, slots)
 
     return step
-
-
-def adam_leaves_reference(scalars, lr_wd, params, grads, mu, nu):
-    """What ``accel_jax_adam_f32`` computes, in jax.numpy (its JVP, and the tests' reference)::
-
-        m <- b1 m + (1 - b1) g,   v <- b2 v + (1 - b2) g^2
-        p <- p + (-lr) ((m / bc1) / (sqrt(v / bc2 + eps_root) + eps_eff) + wd_i p)
-
-    ``scalars`` = ``[b1, 1-b1, b2, 1-b2, bc1, bc2, eps_root, eps_eff]``;
-    ``lr_wd`` = ``[-lr, wd_0, wd_1, ...]`` (one weight decay per leaf).
-    """
-    b1, c1, b2, c2, bc1, bc2, eps_root, eps_eff = (scalars[i] for i in range(8))
-    new_p, new_m, new_v = [], [], []
-    for i, (p, g, m, v) in enumerate(zip(params, grads, mu, nu, strict=True)):
-        m = b1 * m + c1 * g
-        v = b2 * v + c2 * (g * g)
-        u = (m / bc1) / (jnp.sqrt(v / bc2 + eps_root) + eps_eff) + lr_wd[1 + i] * p
-        new_p.append(p + u * lr_wd[0])
-        new_m.append(m)
-        new_v.append(v)
-    return new_p, new_m, new_v
-
-
-# Leaves per kernel call: XLA's compile time grows with the square of a custom
-# call's aliased operands (1,000 leaves in one call: 77 s; in calls of 30: 3 s).
-_LEAVES_PER_CALL = 32
-
-
-@jax.custom_jvp
-def adam_leaves(scalars, lr_wd, params, grads, mu, nu):
-    """:func:`adam_leaves_reference` computed by the native kernel, in place when donated."""
-    new_p, new_m, new_v = [], [], []
-    for start in range(0, len(params), _LEAVES_PER_CALL):
-        part = slice(start, start + _LEAVES_PER_CALL)
-        ps, ms, vs = params[part], mu[part], nu[part]
-        n = len(ps)
-        shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in (*ps, *ms, *vs)]
-        # Operands 2+i (params), 2+2n+i (mu), 2+3n+i (nu) share a buffer with results i,
-        # n+i, 2n+i.
-        aliases = {2 + i: i for i in range(n)}
-        aliases.update({2 + 2 * n + i: n + i for i in range(n)})
-        aliases.update({2 + 3 * n + i: 2 * n + i for i in range(n)})
-        call = jax.ffi.ffi_call(
-            "accel_jax_adam_f32", shapes, input_output_aliases=aliases, vmap_method="sequential"
-        )
-        wd = jnp.concatenate([lr_wd[:1], lr_wd[1 + start : 1 + start + n]])
-        out = call(scalars, wd, *ps, *grads[part], *ms, *vs)
-        new_p += out[:n]
-        new_m += out[n : 2 * n]
-        new_v += out[2 * n :]
-    return new_p, new_m, new_v
-
-
-@adam_leaves.defjvp
-def _adam_leaves_jvp(primals, tangents):
-    _, tangents_out = jax.jvp(adam_leaves_reference, primals, tangents)
-    return adam_leaves(*primals), tangents_out
 
 
 def make_step(

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import accel_jax as aj
-from accel_jax import _native, fused
+from accel_jax import _native
 
 KERNEL = "accel_jax_adam_f32"
 
@@ -37,6 +37,15 @@ CONFIGS = {
     "adamw_mask_prefix": lambda: aj.adamw(
         1e-2, weight_decay=0.1, mask={"dense": True, "emb": False, "scale": False}
     ),
+    "sgd_momentum": lambda: aj.sgd(1e-2, momentum=0.9),
+    "sgd_nesterov": lambda: aj.sgd(1e-2, momentum=0.9, nesterov=True),
+    "sgd_nesterov_keras": lambda: aj.sgd(1e-2, momentum=0.9, nesterov=True, convention="keras"),
+    "sgd_momentum_schedule": lambda: aj.sgd(
+        aj.exponential_decay(1e-2, 5, 0.5), momentum=aj.linear_schedule(0.5, 0.9, 8)
+    ),
+    "rmsprop": lambda: aj.rmsprop(1e-2),
+    "rmsprop_torch": lambda: aj.rmsprop(1e-2, convention="torch"),
+    "rmsprop_keras": lambda: aj.rmsprop(1e-2, convention="keras"),
 }
 
 
@@ -94,37 +103,64 @@ def test_kernel_step_matches_the_xla_path(name):
         _assert_close(_run(tx, True, scale=scale), _run(tx, False, scale=scale))
 
 
-def test_kernel_step_detects_a_wrong_formula():
-    """The comparison above can fail: a kernel step built with the wrong eps does not match."""
-    tx = aj.adam(1e-2, convention="keras")
-    wrong = fused.adam_kernel_step(tx, eps=1e-7, eps_root=0.0, eps_before_bias_correction=False)
-    params = _params()
-    state = tx.init(params)
-    grads = _grads(params, 0, scale=1e-6)
-    p_ok, _ = aj.apply_step(tx, params, state, grads, kernel=False)
-    p_bad, _ = wrong(params, state, grads, {}, True)
-    delta = np.abs(np.asarray(p_ok["emb"]) - np.asarray(p_bad["emb"]))
-    assert delta.max() > 1e3 * 1e-6 * np.abs(np.asarray(p_ok["emb"])).max()
+def test_the_tolerance_tells_conventions_apart():
+    """The comparison above can fail: eps placed as Keras does is far outside it."""
+    small = 1e-6
+    keras = _run(aj.adam(1e-2, eps=1e-7, convention="keras"), True, scale=small)[0]
+    optax_like = _run(aj.adam(1e-2, eps=1e-7), False, scale=small)[0]
+    with pytest.raises(AssertionError):
+        _assert_close(keras, optax_like)
 
 
-def test_kernel_matches_a_numpy_reference():
-    """The kernel itself against the documented per-element formula, in float64 NumPy."""
+def _numpy_adam(s, leaf, p, g, m, v):
+    m = s[0] * m + s[1] * g
+    v = s[2] * v + s[3] * g * g
+    return p + ((m / s[4]) / (np.sqrt(v / s[5] + s[6]) + s[7]) + leaf * p) * s[8], [m, v]
+
+
+def _numpy_momentum(s, leaf, p, g, t):
+    h = g * s[1]
+    t = s[0] * t + h
+    return p + (h + s[0] * t if s[3] else t) * s[2], [t]
+
+
+def _numpy_rms(s, leaf, p, g, v):
+    v = s[0] * v + s[1] * g * g
+    return p + g / (np.sqrt(v + s[2]) + s[3]) * s[4], [v]
+
+
+NUMPY_KERNELS = {
+    "accel_jax_adam_f32": (_numpy_adam, [0.9, 0.1, 0.999, 0.001, 0.19, 0.002, 1e-9, 1e-8, -1e-2]),
+    "accel_jax_momentum_f32": (_numpy_momentum, [0.9, 1.0, -1e-2, 1.0]),
+    "accel_jax_momentum_f32 keras": (_numpy_momentum, [0.9, -1e-2, 1.0, 0.0]),
+    "accel_jax_rms_f32": (_numpy_rms, [0.9, 0.1, 0.0, 1e-8, -1e-2]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NUMPY_KERNELS))
+def test_each_kernel_matches_its_numpy_formula(name):
+    """The kernels against the per-element formulas of cpu_kernels.cc, in float64 NumPy."""
+    target = name.split()[0]
+    formula, scalars = NUMPY_KERNELS[name]
     rng = np.random.default_rng(0)
-    shapes = [(1000,), (7, 3), ()]
-    p, g, m = ([rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(3))
-    v = [np.abs(rng.standard_normal(s)).astype(np.float32) for s in shapes]
-    scalars = np.array([0.9, 0.1, 0.999, 0.001, 0.19, 0.002, 1e-9, 1e-8], np.float32)
-    lr_wd = np.array([-1e-2, 0.1, 0.0, 0.3], np.float32)
-    out = jax.jit(fused.adam_leaves)(scalars, lr_wd, p, g, m, v)
-    s = scalars.astype(np.float64)
+    shapes = [(1000,), (7, 3), (), (70_000,)]  # the last spans two units of work
+    n_slots = 2 if "adam" in target else 1
+    p, g = ([rng.standard_normal(s).astype(np.float32) for s in shapes] for _ in range(2))
+    slots = [[np.abs(rng.standard_normal(s)).astype(np.float32) for s in shapes]
+             for _ in range(n_slots)]
+    scalars = np.asarray(scalars, np.float32)
+    leaf = np.array([0.1, 0.0, 0.3, 0.2], np.float32)
+    got_p, got_slots = jax.jit(_native.native_leaves, static_argnums=0)(
+        target, scalars, leaf, p, g, slots
+    )
+    s64 = scalars.astype(np.float64)
     for i in range(len(shapes)):
-        g64 = g[i].astype(np.float64)
-        m_ref = s[0] * m[i] + s[1] * g64
-        v_ref = s[2] * v[i] + s[3] * g64 * g64
-        u = (m_ref / s[4]) / (np.sqrt(v_ref / s[5] + s[6]) + s[7]) + lr_wd[1 + i] * p[i]
-        p_ref = p[i] + u * np.float64(lr_wd[0])
-        for got, ref in zip((out[0][i], out[1][i], out[2][i]), (p_ref, m_ref, v_ref), strict=True):
-            np.testing.assert_allclose(np.asarray(got), ref, rtol=2e-6, atol=1e-7)
+        args = [x[i].astype(np.float64) for x in (p, g, *slots)]
+        want_p, want_slots = formula(s64, np.float64(leaf[i]), *args)
+        for got, want in zip([got_p[i], *(c[i] for c in got_slots)], [want_p, *want_slots],
+                             strict=True):
+            # f32 against f64 with O(1) inputs: a few float32 ulps of 1.
+            np.testing.assert_allclose(np.asarray(got), want, rtol=2e-6, atol=1e-6)
 
 
 def test_mixed_trees_take_the_kernel_for_float32_leaves_only():
@@ -151,9 +187,9 @@ def test_kernel_true_explains_why_it_cannot_run():
     sgd = aj.sgd(0.1)
     with pytest.raises(ValueError, match="no native kernel"):
         aj.apply_step(sgd, params, sgd.init(params), grads, kernel=True)
-    amsgrad = aj.adam(0.1, amsgrad=True)
-    with pytest.raises(ValueError, match="no native kernel"):
-        aj.apply_step(amsgrad, params, amsgrad.init(params), grads, kernel=True)
+    for other in (aj.adam(0.1, amsgrad=True), aj.rmsprop(0.1, centered=True)):
+        with pytest.raises(ValueError, match="no native kernel"):
+            aj.apply_step(other, params, other.init(params), grads, kernel=True)
     tx = aj.adam(0.1)
     half = {"w": jnp.ones(3, jnp.bfloat16)}
     with pytest.raises(ValueError, match="no leaf qualifies"):

@@ -2,25 +2,34 @@
 //
 // XLA:CPU writes each output array of an elementwise computation in its own
 // loop, so an Adam step (new params, new first and second moments) is three
-// passes over memory and the params pass reads back the moments the first two
+// passes over memory, and the params pass reads back the moments the first two
 // wrote. These kernels compute every output of one element in one loop
 // iteration: each input and output is touched once.
 //
-// Operands of accel_jax_adam_f32 (L leaves, all float32, any shapes):
-//   scalars  f32[8]: b1, 1-b1, b2, 1-b2, bc1, bc2, eps_root, eps_eff
-//   lr_wd    f32[1 + L]: -learning_rate, then each leaf's weight decay (0: none)
-//   params[L], grads[L], mu[L], nu[L]
-// Results: params[L], mu[L], nu[L] (aliased to the inputs by the caller).
-// Per element, in the order of accel_jax's transformations (so that the values
-// are the same as the XLA path's):
+// Every kernel has the same operands, for L float32 leaves of any shapes and S
+// state slots per leaf (Adam: mu, nu; momentum: trace; RMSProp: nu):
+//   scalars       f32[K]  the step's scalars (below)
+//   leaf_scalars  f32[L]  one value per leaf (Adam: the leaf's weight decay)
+//   params[L], grads[L], slot_1[L], ..., slot_S[L]
+// and results params[L], slot_1[L], ..., slot_S[L], which the caller aliases to
+// the inputs (in place under donation). The formulas follow accel_jax's
+// transformations operation by operation (accel_jax/fused.py has each one in
+// jax.numpy as the reference):
+//
+// accel_jax_adam_f32, K = 9: b1, 1-b1, b2, 1-b2, bc1, bc2, eps_root, eps, -lr
 //   m = b1*m + (1-b1)*g;  v = b2*v + (1-b2)*(g*g)
-//   u = (m/bc1) / (sqrt(v/bc2 + eps_root) + eps_eff) + wd*p
-//   p = p + u*(-lr)
+//   p = p + ((m/bc1) / (sqrt(v/bc2 + eps_root) + eps) + wd*p) * (-lr)
+// accel_jax_momentum_f32, K = 4: beta, a, c, nesterov (0 or 1)
+//   h = g*a;  t = beta*t + h;  u = nesterov ? h + beta*t : t;  p = p + u*c
+//   (a = 1, c = -lr: velocity then learning rate; a = -lr, c = 1: the reverse)
+// accel_jax_rms_f32, K = 5: decay, 1-decay, eps_root, eps, -lr
+//   v = decay*v + (1-decay)*(g*g);  p = p + (g / (sqrt(v + eps_root) + eps)) * (-lr)
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -81,97 +90,149 @@ void ParallelFor(ffi::ThreadPool& pool, std::vector<Unit> units, int64_t total, 
   }
 }
 
-// One contiguous range of one leaf. Outputs may be the inputs themselves
+// One contiguous range of one leaf per call. An output may be its input itself
 // (in-place update): every element is read before it is written.
-void AdamLoop(int64_t n, const float* p, const float* g, const float* m, const float* v,
-              float* p_out, float* m_out, float* v_out, float b1, float one_minus_b1, float b2,
-              float one_minus_b2, float bc1, float bc2, float eps_root, float eps_eff, float wd,
-              float neg_lr) {
+
+void AdamLoop(int64_t n, const float* s, float wd, const float* p, const float* g,
+              const float* m, const float* v, float* p_out, float* m_out, float* v_out) {
+  const float b1 = s[0], c1 = s[1], b2 = s[2], c2 = s[3], bc1 = s[4], bc2 = s[5];
+  const float eps_root = s[6], eps = s[7], neg_lr = s[8];
 #pragma GCC ivdep
   for (int64_t k = 0; k < n; ++k) {
     const float gk = g[k];
     const float pk = p[k];
-    const float mk = b1 * m[k] + one_minus_b1 * gk;
-    const float vk = b2 * v[k] + one_minus_b2 * (gk * gk);
-    const float u = (mk / bc1) / (std::sqrt(vk / bc2 + eps_root) + eps_eff) + wd * pk;
+    const float mk = b1 * m[k] + c1 * gk;
+    const float vk = b2 * v[k] + c2 * (gk * gk);
+    const float u = (mk / bc1) / (std::sqrt(vk / bc2 + eps_root) + eps) + wd * pk;
     p_out[k] = pk + u * neg_lr;
     m_out[k] = mk;
     v_out[k] = vk;
   }
 }
 
-ffi::Error AdamF32(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
-                   ffi::Buffer<ffi::F32> lr_wd, ffi::RemainingArgs args,
-                   ffi::RemainingRets rets) {
-  if (scalars.element_count() != 8) {
-    return ffi::Error::InvalidArgument("accel_jax_adam_f32: scalars must have 8 values");
+template <bool kNesterov>
+void MomentumLoop(int64_t n, const float* s, const float* p, const float* g, const float* t,
+                  float* p_out, float* t_out) {
+  const float beta = s[0], a = s[1], c = s[2];
+#pragma GCC ivdep
+  for (int64_t k = 0; k < n; ++k) {
+    const float h = g[k] * a;
+    const float tk = beta * t[k] + h;
+    const float u = kNesterov ? h + beta * tk : tk;
+    p_out[k] = p[k] + u * c;
+    t_out[k] = tk;
   }
-  const int64_t num_leaves = static_cast<int64_t>(lr_wd.element_count()) - 1;
-  if (num_leaves < 0 || static_cast<int64_t>(args.size()) != 4 * num_leaves ||
-      static_cast<int64_t>(rets.size()) != 3 * num_leaves) {
-    return ffi::Error::InvalidArgument("accel_jax_adam_f32: expected 4L operands, 3L results");
+}
+
+void RmsLoop(int64_t n, const float* s, const float* p, const float* g, const float* v,
+             float* p_out, float* v_out) {
+  const float decay = s[0], c = s[1], eps_root = s[2], eps = s[3], neg_lr = s[4];
+#pragma GCC ivdep
+  for (int64_t k = 0; k < n; ++k) {
+    const float gk = g[k];
+    const float vk = decay * v[k] + c * (gk * gk);
+    p_out[k] = p[k] + (gk / (std::sqrt(vk + eps_root) + eps)) * neg_lr;
+    v_out[k] = vk;
   }
-  struct Leaf {
-    const float* p;
-    const float* g;
-    const float* m;
-    const float* v;
-    float* p_out;
-    float* m_out;
-    float* v_out;
-    float wd;
-  };
-  std::vector<Leaf> leaves(num_leaves);
+}
+
+// Pointers of one leaf: inputs params, grads, S slots; outputs params, S slots.
+template <int S>
+struct Leaf {
+  const float* in[2 + S];
+  float* out[1 + S];
+  float leaf_scalar;
+};
+
+// Decodes the operands (see the top of the file), checks them, and runs
+// loop(leaf, begin, end) over every leaf in parallel.
+template <int S, typename Loop>
+ffi::Error Run(const char* name, ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
+               size_t num_scalars, ffi::Buffer<ffi::F32> leaf_scalars, ffi::RemainingArgs args,
+               ffi::RemainingRets rets, Loop loop) {
+  const std::string who(name);
+  if (scalars.element_count() != num_scalars) {
+    return ffi::Error::InvalidArgument(who + ": wrong number of scalars");
+  }
+  const int64_t num_leaves = static_cast<int64_t>(leaf_scalars.element_count());
+  if (static_cast<int64_t>(args.size()) != (2 + S) * num_leaves ||
+      static_cast<int64_t>(rets.size()) != (1 + S) * num_leaves) {
+    return ffi::Error::InvalidArgument(who + ": operand count does not match the leaves");
+  }
+  std::vector<Leaf<S>> leaves(num_leaves);
   std::vector<int64_t> sizes(num_leaves);
-  const float* hp = lr_wd.typed_data();
   int64_t total = 0;
   for (int64_t i = 0; i < num_leaves; ++i) {
-    auto p = args.get<ffi::Buffer<ffi::F32>>(i);
-    auto g = args.get<ffi::Buffer<ffi::F32>>(num_leaves + i);
-    auto m = args.get<ffi::Buffer<ffi::F32>>(2 * num_leaves + i);
-    auto v = args.get<ffi::Buffer<ffi::F32>>(3 * num_leaves + i);
-    auto po = rets.get<ffi::Buffer<ffi::F32>>(i);
-    auto mo = rets.get<ffi::Buffer<ffi::F32>>(num_leaves + i);
-    auto vo = rets.get<ffi::Buffer<ffi::F32>>(2 * num_leaves + i);
-    if (!p.has_value() || !g.has_value() || !m.has_value() || !v.has_value() ||
-        !po.has_value() || !mo.has_value() || !vo.has_value()) {
-      return ffi::Error::InvalidArgument("accel_jax_adam_f32: every buffer must be float32");
+    int64_t n = -1;
+    for (int j = 0; j < 2 + S; ++j) {
+      auto buf = args.get<ffi::Buffer<ffi::F32>>(j * num_leaves + i);
+      if (!buf.has_value()) return ffi::Error::InvalidArgument(who + ": operands must be f32");
+      const int64_t size = static_cast<int64_t>(buf->element_count());
+      if (n >= 0 && size != n) return ffi::Error::InvalidArgument(who + ": leaf sizes differ");
+      n = size;
+      leaves[i].in[j] = buf->typed_data();
     }
-    const int64_t n = static_cast<int64_t>(p->element_count());
-    if (static_cast<int64_t>(g->element_count()) != n ||
-        static_cast<int64_t>(m->element_count()) != n ||
-        static_cast<int64_t>(v->element_count()) != n) {
-      return ffi::Error::InvalidArgument("accel_jax_adam_f32: leaf sizes differ");
+    for (int j = 0; j < 1 + S; ++j) {
+      auto buf = rets.get<ffi::Buffer<ffi::F32>>(j * num_leaves + i);
+      if (!buf.has_value()) return ffi::Error::InvalidArgument(who + ": results must be f32");
+      if (static_cast<int64_t>((*buf)->element_count()) != n) {
+        return ffi::Error::InvalidArgument(who + ": result size differs from its operand");
+      }
+      leaves[i].out[j] = (*buf)->typed_data();
     }
-    leaves[i] = {p->typed_data(),       g->typed_data(),       m->typed_data(),
-                 v->typed_data(),       (*po)->typed_data(),   (*mo)->typed_data(),
-                 (*vo)->typed_data(),   hp[1 + i]};
+    leaves[i].leaf_scalar = leaf_scalars.typed_data()[i];
     sizes[i] = n;
     total += n;
   }
-  const float* s = scalars.typed_data();
-  const float b1 = s[0], one_minus_b1 = s[1], b2 = s[2], one_minus_b2 = s[3];
-  const float bc1 = s[4], bc2 = s[5], eps_root = s[6], eps_eff = s[7];
-  const float neg_lr = hp[0];
-
-  auto body = [&leaves, b1, one_minus_b1, b2, one_minus_b2, bc1, bc2, eps_root, eps_eff,
-               neg_lr](const Unit& unit) {
-    const Leaf& L = leaves[unit.leaf];
-    const int64_t b = unit.begin;
-    AdamLoop(unit.end - b, L.p + b, L.g + b, L.m + b, L.v + b, L.p_out + b, L.m_out + b,
-             L.v_out + b, b1, one_minus_b1, b2, one_minus_b2, bc1, bc2, eps_root, eps_eff,
-             L.wd, neg_lr);
-  };
-  ParallelFor(pool, MakeUnits(sizes, 1 << 16), total, body);
+  ParallelFor(pool, MakeUnits(sizes, 1 << 16), total,
+              [&leaves, &loop](const Unit& u) { loop(leaves[u.leaf], u.begin, u.end); });
   return ffi::Error::Success();
+}
+
+ffi::Error AdamF32(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
+                   ffi::Buffer<ffi::F32> leaf_scalars, ffi::RemainingArgs args,
+                   ffi::RemainingRets rets) {
+  const float* s = scalars.typed_data();
+  return Run<2>("accel_jax_adam_f32", pool, scalars, 9, leaf_scalars, args, rets,
+                [s](const Leaf<2>& L, int64_t b, int64_t e) {
+                  AdamLoop(e - b, s, L.leaf_scalar, L.in[0] + b, L.in[1] + b, L.in[2] + b,
+                           L.in[3] + b, L.out[0] + b, L.out[1] + b, L.out[2] + b);
+                });
+}
+
+ffi::Error MomentumF32(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
+                       ffi::Buffer<ffi::F32> leaf_scalars, ffi::RemainingArgs args,
+                       ffi::RemainingRets rets) {
+  const float* s = scalars.typed_data();
+  return Run<1>("accel_jax_momentum_f32", pool, scalars, 4, leaf_scalars, args, rets,
+                [s](const Leaf<1>& L, int64_t b, int64_t e) {
+                  auto loop = s[3] != 0.0f ? MomentumLoop<true> : MomentumLoop<false>;
+                  loop(e - b, s, L.in[0] + b, L.in[1] + b, L.in[2] + b, L.out[0] + b,
+                       L.out[1] + b);
+                });
+}
+
+ffi::Error RmsF32(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
+                  ffi::Buffer<ffi::F32> leaf_scalars, ffi::RemainingArgs args,
+                  ffi::RemainingRets rets) {
+  const float* s = scalars.typed_data();
+  return Run<1>("accel_jax_rms_f32", pool, scalars, 5, leaf_scalars, args, rets,
+                [s](const Leaf<1>& L, int64_t b, int64_t e) {
+                  RmsLoop(e - b, s, L.in[0] + b, L.in[1] + b, L.in[2] + b, L.out[0] + b,
+                          L.out[1] + b);
+                });
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_adam_f32, AdamF32,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .RemainingArgs()
-                                  .RemainingRets());
+#define ACCEL_JAX_BIND                                   \
+  ffi::Ffi::Bind()                                       \
+      .Ctx<ffi::ThreadPool>()                            \
+      .Arg<ffi::Buffer<ffi::F32>>()                      \
+      .Arg<ffi::Buffer<ffi::F32>>()                      \
+      .RemainingArgs()                                   \
+      .RemainingRets()
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_adam_f32, AdamF32, ACCEL_JAX_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_momentum_f32, MomentumF32, ACCEL_JAX_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_rms_f32, RmsF32, ACCEL_JAX_BIND);
