@@ -11,7 +11,8 @@ Environment:
 
 * ``ACCEL_JAX_NATIVE=0`` disables the kernels;
 * ``ACCEL_JAX_CACHE_DIR`` sets the cache folder (default
-  ``$XDG_CACHE_HOME/accel_jax`` or ``~/.cache/accel_jax``);
+  ``$XDG_CACHE_HOME/accel_jax`` or ``~/.cache/accel_jax``; the temporary folder
+  when that is not writable);
 * ``CXX`` names the compiler (default: ``c++``, ``g++`` or ``clang++``, the first found).
 """
 
@@ -69,11 +70,19 @@ def _build(compiler: str) -> Path:
     # -march=native: the library is only valid on this kind of CPU, so its flags are in the key.
     for part in (SOURCE.read_bytes(), jax.__version__, compiler, _cpu_flags(), *_FLAGS):
         key.update(part if isinstance(part, bytes) else part.encode())
+    name = f"cpu_kernels-{key.hexdigest()[:16]}.so"
     cache = _cache_dir()
-    library = cache / f"cpu_kernels-{key.hexdigest()[:16]}.so"
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        if not os.access(cache, os.W_OK):
+            raise PermissionError(cache)
+    except OSError:  # a read-only home: build in the temporary folder instead
+        user = os.getuid() if hasattr(os, "getuid") else 0
+        cache = Path(tempfile.gettempdir()) / f"accel_jax-{user}"
+        cache.mkdir(parents=True, exist_ok=True)
+    library = cache / name
     if library.exists():
         return library
-    cache.mkdir(parents=True, exist_ok=True)
     # Build next to the target and rename: concurrent processes never load a partial file.
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
     os.close(fd)

@@ -153,11 +153,13 @@ def _kernel_step(tx: GradientTransformation, spec: KernelSpec) -> Callable:
             all(x.dtype == jnp.float32 and x.shape == leaf.shape for x in row)
             for leaf, row in zip(p_leaves, zip(*columns, strict=True), strict=True)
         ]
-        if required and not any(take):
-            raise ValueError(
-                "apply_step(kernel=True): the kernel takes float32 params, gradients and "
-                "optimizer state; no leaf qualifies."
-            )
+        if not any(take):
+            if required:
+                raise ValueError(
+                    "apply_step(kernel=True): the kernel takes float32 params, gradients and "
+                    "optimizer state; no leaf qualifies."
+                )
+            return apply_updates(params, updates), new_state
         leaf_scalars = (
             spec.leaf_scalars(params, new_state)
             if spec.leaf_scalars is not None

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import accel_jax as aj
-from accel_jax import _native
+from accel_jax import _native, fused
 
 KERNEL = "accel_jax_adam_f32"
 
@@ -179,6 +179,19 @@ def test_mixed_trees_take_the_kernel_for_float32_leaves_only():
     np.testing.assert_array_equal(got[0]["steps"], want[0]["steps"])
     assert got[0]["none"] is None
     _assert_close(got[1], want[1])
+
+
+def test_default_with_no_float32_leaf_is_the_xla_path():
+    """bf16 moments: no leaf qualifies, and the default (kernel=None) step is the XLA one."""
+    tx = aj.adam(1e-2, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
+    params = _params()
+    state = tx.init(params)
+    grads = _grads(params, 0)
+    kernel_step = fused._KERNEL_STEPS[tx.update]
+    got = kernel_step(params, state, grads, {}, False)
+    want = aj.apply_step(tx, params, state, grads, kernel=False)
+    for x, y in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(x, y)
 
 
 def test_kernel_true_explains_why_it_cannot_run():
