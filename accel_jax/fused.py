@@ -13,7 +13,10 @@ Two things make an optimizer step slower than the bytes it must move:
 keeps the params as one contiguous buffer per dtype: the optimizer (any
 accel_jax or optax transformation, unchanged) then sees a few large arrays, so
 its state is a few contiguous buffers and its step is a handful of kernels
-whatever the number of leaves. ``docs/performance.md`` says when to use which.
+whatever the number of leaves. On CPU, the optimizers with a native kernel
+(Adam, AdamW, SGD with momentum, RMSProp; ``kernels/cpu_kernels.cc``) run their
+step as one pass over memory, where XLA:CPU makes one pass per output array.
+``docs/performance.md`` says when to use which.
 """
 
 from __future__ import annotations
@@ -52,12 +55,14 @@ def apply_step(
     written to memory. Extra keyword arguments go to transformations that take
     them (``value=`` for a plateau scheduler).
 
-    ``kernel`` chooses the native CPU kernel of optimizers that have one
-    (:func:`accel_jax.adam` and :func:`accel_jax.adamw` with float32 moments): one
-    pass over memory that writes params and both moments together, where XLA:CPU
-    needs three. ``None`` (the default) uses it when it is built
-    (:func:`accel_jax.native_available`), the default backend is the CPU with a
-    single device (so nothing can be sharded), and for the float32 leaves only;
+    ``kernel`` chooses the native CPU kernel of the optimizers that have one
+    (:func:`accel_jax.adam`, :func:`accel_jax.adamw`, :func:`accel_jax.sgd` with
+    momentum and no weight decay, :func:`accel_jax.rmsprop` neither centered nor
+    with momentum): one pass over memory that writes the params and the state
+    together, where XLA:CPU needs one pass per output. ``None`` (the default)
+    uses it when it is built (:func:`accel_jax.native_available`), the default
+    backend is the CPU with a single device (so nothing can be sharded), and for
+    the float32 leaves only;
     ``True`` requires it (``ValueError`` saying why when it cannot run: use it
     under ``pmap``/``shard_map`` or for unsharded arrays); ``False`` never uses
     it. Kernel results equal the XLA path's to float32 rounding (``rtol`` 1e-6:
@@ -88,8 +93,9 @@ def _kernel_step_for(tx: GradientTransformation, kernel: bool | None) -> Callabl
     if kernel is True:
         if step is None:
             raise ValueError(
-                "apply_step(kernel=True): this transformation has no native kernel; "
-                "adam and adamw (float32 moments, no amsgrad, state_bits=32) have one."
+                "apply_step(kernel=True): this transformation has no native kernel; adam and "
+                "adamw (no amsgrad, state_bits=32), sgd with momentum and no weight decay, and "
+                "rmsprop (not centered, no momentum) have one."
             )
         if not _native.native_available():
             raise ValueError(
@@ -150,7 +156,8 @@ def _kernel_step(tx: GradientTransformation, spec: KernelSpec) -> Callable:
         columns = [p_leaves, treedef.flatten_up_to(grads)]
         columns += [treedef.flatten_up_to(t) for t in spec.slots(state)]
         take = [
-            all(x.dtype == jnp.float32 and x.shape == leaf.shape for x in row)
+            all(getattr(x, "dtype", None) == jnp.float32 and jnp.shape(x) == jnp.shape(leaf)
+                for x in row)
             for leaf, row in zip(p_leaves, zip(*columns, strict=True), strict=True)
         ]
         if not any(take):

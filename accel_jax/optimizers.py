@@ -118,7 +118,10 @@ def sgd(
     ``v_t = beta * v_{t-1} - eta_t * g_t;  w <- w + v_t``; the two agree for a
     constant rate and differ when it changes. ``decoupled_weight_decay=True``
     subtracts ``eta_t * lambda * w`` outside the momentum (Keras' ``weight_decay``).
-    ``momentum=None`` (or 0) is plain gradient descent. Defaults per ``convention``:
+    ``momentum=None`` (or 0) is plain gradient descent. On CPU,
+    :func:`accel_jax.make_step` / :func:`accel_jax.apply_step` run SGD with momentum
+    and no weight decay as one native pass over memory (``docs/performance.md``).
+    Defaults per ``convention``:
 
     ============================  =====  =====  =====
     argument                      optax  torch  keras
@@ -233,7 +236,10 @@ def rmsprop(
         b_t = beta * b_{t-1} + eta_t * d_t;  w <- w - b_t     (momentum, lr_in_momentum=True)
         b_t = beta * b_{t-1} + d_t;  w <- w - eta_t * b_t     (momentum, lr_in_momentum=False)
 
-    ``eps_in_sqrt=False`` uses ``sqrt(v_t) + eps``. Defaults per ``convention``:
+    ``eps_in_sqrt=False`` uses ``sqrt(v_t) + eps``. On CPU,
+    :func:`accel_jax.make_step` / :func:`accel_jax.apply_step` run plain RMSProp (not
+    centered, no momentum) as one native pass over memory (``docs/performance.md``).
+    Defaults per ``convention``:
 
     ===================  =====  =====  =====
     argument             optax  torch  keras
@@ -417,6 +423,9 @@ def adam(
     ``nu_dtype`` set each moment's dtype (e.g. ``jnp.bfloat16`` for both).
     ``state_bits=8`` stores both moments 8-bit block-wise quantized
     (:func:`accel_jax.scale_by_adam_8bit`, about 0.25x the float32 state).
+    On CPU, :func:`accel_jax.make_step` / :func:`accel_jax.apply_step` run Adam and
+    AdamW (not AMSGrad or 8-bit) as one native pass over memory
+    (``docs/performance.md``).
     Defaults per ``convention``:
     {table}
     >>> import jax, jax.numpy as jnp, accel_jax as aj

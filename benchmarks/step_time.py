@@ -17,6 +17,8 @@ Everything is measured in one process, so the ratios compare like with like:
 * effective bandwidth (the bytes an ideal implementation must move divided by
   the step time) against a triad ``a = b + s * c`` of the same size, jitted the
   same way, in the same run;
+* the dispatch floor: a jitted, donated step over the same buffers as Adam's
+  that does no optimizer arithmetic (what jit costs per buffer, whoever computes);
 * compile time (trace, lower and compile) of the jitted Adam step for 100, 1,000
   and 10,000 leaves;
 * optimizer-state bytes;
@@ -185,6 +187,27 @@ class Triad:
         return s
 
 
+class DispatchFloor:
+    """A jitted step that computes nothing: params and two moment trees passed through
+    (donated), the gradients passed in. Same buffers in and out as Adam's step: its time
+    is what jit's dispatch of that many buffers costs, the floor of any tree-path step."""
+
+    def __init__(self, shapes, grads):
+        self.params = make_tree(shapes, 0)
+        self.state = (make_tree(shapes, 2), make_tree(shapes, 3))
+        self.grads = grads
+        self.f = jax.jit(
+            lambda p, s, g: (p, s), donate_argnums=(0, 1))
+        self.times = []
+
+    def run(self, timed=True):
+        t0 = time.perf_counter()
+        self.params, self.state = self.f(self.params, self.state, self.grads)
+        jax.block_until_ready((self.params, self.state))
+        if timed:
+            self.times.append(time.perf_counter() - t0)
+
+
 def interleaved(cases, repeats, warmup=2):
     """Times every case once per round, round after round, so they share the noise.
 
@@ -341,7 +364,8 @@ def main(argv=None) -> dict:
             grads = make_tree(shapes, 1)
             cases = [JaxCase(i, opt, shapes, grads) for i in impls]
             tri = Triad(n_a)
-            interleaved([*cases, tri], repeats)
+            floor = DispatchFloor(shapes, grads) if opt == "adam" else None
+            interleaved([*cases, tri, *([floor] if floor else [])], repeats)
             t = tri.result()
             triads.append({"tree": tree, "optimizer": opt, **t})
             rows = []
@@ -378,6 +402,13 @@ def main(argv=None) -> dict:
                       f"{r['state_bytes'] / 2**20:>9.1f}", flush=True)
             print(f"{'':<13} {'(triad, same rounds)':<18} {t['median_s'] * 1e3:>10.2f} "
                   f"{t['iqr_rel']:>5.0%} {t['gb_s']:>6.1f}", flush=True)
+            if floor is not None:
+                fl = summarize(floor.times)
+                results.setdefault("dispatch_floor", []).append({"tree": tree, **fl})
+                print(f"{'':<13} {'(dispatch floor)':<18} {fl['median_s'] * 1e3:>10.2f} "
+                      f"{fl['iqr_rel']:>5.0%}   (no arithmetic: jit's cost of these buffers)",
+                      flush=True)
+                del floor
     results["triad"] = triads
 
     if compile_leaves:
