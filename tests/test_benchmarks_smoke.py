@@ -24,6 +24,7 @@ def test_step_time_quick_runs(tmp_path):
     assert "vs optax" in proc.stdout and "triad" in proc.stdout
     results = json.loads(out.read_text())
     impls = {r["implementation"] for r in results["steps"]}
-    assert {"optax", "accel_jax", "accel_jax flat", "accel_jax 8-bit"} <= impls
+    assert {"optax", "accel_jax", "accel_jax xla", "accel_jax flat", "accel_jax 8-bit"} <= impls
+    assert results["dispatch_floor"][0]["tree"] == "C"
     assert results["compile"][0]["leaves"] == 10
     assert set(results["quality"]) == {"float32", "bfloat16 moments", "8-bit block-wise"}
