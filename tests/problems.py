@@ -56,3 +56,26 @@ def mlp_loss(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
 
 def as_params(problem: dict, names, dtype) -> dict:
     return {k: jnp.asarray(problem[k], dtype) for k in names}
+
+
+def layer_like_params() -> dict:
+    """A small params tree shaped like a model's: a kernel, a bias, an embedding, a scalar."""
+    k = jax.random.split(jax.random.PRNGKey(0), 2)
+    return {
+        "dense": {"kernel": jax.random.normal(k[0], (80, 64)), "bias": jnp.zeros(64)},
+        "emb": jax.random.normal(k[1], (5000,)),
+        "scale": jnp.ones(()),
+    }
+
+
+def random_grads(params, i: int, scale: float = 1.0):
+    """Step ``i``'s gradients: ``scale`` x standard normal per float leaf, ``float0`` otherwise."""
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.PRNGKey(100 + i), len(leaves))
+    out = []
+    for key, p in zip(keys, leaves, strict=True):
+        if jnp.issubdtype(p.dtype, jnp.floating):
+            out.append((scale * jax.random.normal(key, p.shape)).astype(p.dtype))
+        else:
+            out.append(np.zeros(p.shape, jax.dtypes.float0))
+    return jax.tree.unflatten(treedef, out)

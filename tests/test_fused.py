@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import accel_jax as aj
+from tests.problems import layer_like_params, random_grads
 
 OPTIMIZERS = {
     "adam": lambda: aj.adam(1e-2),
@@ -24,21 +25,8 @@ OPTIMIZERS = {
 }
 
 
-def _params():
-    k = jax.random.split(jax.random.PRNGKey(0), 4)
-    return {
-        "dense": {"kernel": jax.random.normal(k[0], (80, 64)), "bias": jnp.zeros(64)},
-        "emb": jax.random.normal(k[1], (5000,)),
-        "scale": jnp.ones(()),
-    }
-
-
-def _grads(params, i):
-    keys = jax.random.split(jax.random.PRNGKey(100 + i), len(jax.tree.leaves(params)))
-    leaves, treedef = jax.tree.flatten(params)
-    return jax.tree.unflatten(
-        treedef, [jax.random.normal(k, p.shape, p.dtype) for k, p in zip(keys, leaves, strict=True)]
-    )
+_params = layer_like_params
+_grads = random_grads
 
 
 def _plain_trajectory(tx, params, steps=5):

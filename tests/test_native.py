@@ -18,6 +18,7 @@ import pytest
 
 import accel_jax as aj
 from accel_jax import _native, fused
+from tests.problems import layer_like_params, random_grads
 
 KERNEL = "accel_jax_adam_f32"
 
@@ -49,25 +50,8 @@ CONFIGS = {
 }
 
 
-def _params():
-    k = jax.random.split(jax.random.PRNGKey(0), 3)
-    return {
-        "dense": {"kernel": jax.random.normal(k[0], (80, 64)), "bias": jnp.zeros(64)},
-        "emb": jax.random.normal(k[1], (5000,)),
-        "scale": jnp.ones(()),
-    }
-
-
-def _grads(params, i, scale=1.0):
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.PRNGKey(100 + i), len(leaves))
-    out = []
-    for key, p in zip(keys, leaves, strict=True):
-        if jnp.issubdtype(p.dtype, jnp.floating):
-            out.append((scale * jax.random.normal(key, p.shape)).astype(p.dtype))
-        else:
-            out.append(np.zeros(p.shape, jax.dtypes.float0))
-    return jax.tree.unflatten(treedef, out)
+_params = layer_like_params
+_grads = random_grads
 
 
 def _run(tx, kernel, params=None, steps=12, scale=1.0):

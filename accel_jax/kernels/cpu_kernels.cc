@@ -147,10 +147,10 @@ struct Leaf {
 // Decodes the operands (see the top of the file), checks them, and runs
 // loop(leaf, begin, end) over every leaf in parallel.
 template <int S, typename Loop>
-ffi::Error Run(const char* name, ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
-               size_t num_scalars, ffi::Buffer<ffi::F32> leaf_scalars, ffi::RemainingArgs args,
+ffi::Error Run(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, size_t num_scalars,
+               ffi::Buffer<ffi::F32> leaf_scalars, ffi::RemainingArgs args,
                ffi::RemainingRets rets, Loop loop) {
-  const std::string who(name);
+  const std::string who = "accel_jax kernel";
   if (scalars.element_count() != num_scalars) {
     return ffi::Error::InvalidArgument(who + ": wrong number of scalars");
   }
@@ -189,38 +189,43 @@ ffi::Error Run(const char* name, ffi::ThreadPool pool, ffi::Buffer<ffi::F32> sca
   return ffi::Error::Success();
 }
 
-ffi::Error AdamF32(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
+// The per-kernel part: slots, scalar count, and how one range of one leaf is
+// computed (operands in the order documented at the top).
+struct Adam {
+  static constexpr int kSlots = 2;
+  static constexpr size_t kScalars = 9;
+  static void Apply(const float* s, const Leaf<2>& L, int64_t b, int64_t e) {
+    AdamLoop(e - b, s, L.leaf_scalar, L.in[0] + b, L.in[1] + b, L.in[2] + b, L.in[3] + b,
+             L.out[0] + b, L.out[1] + b, L.out[2] + b);
+  }
+};
+
+struct Momentum {
+  static constexpr int kSlots = 1;
+  static constexpr size_t kScalars = 4;
+  static void Apply(const float* s, const Leaf<1>& L, int64_t b, int64_t e) {
+    auto loop = s[3] != 0.0f ? MomentumLoop<true> : MomentumLoop<false>;
+    loop(e - b, s, L.in[0] + b, L.in[1] + b, L.in[2] + b, L.out[0] + b, L.out[1] + b);
+  }
+};
+
+struct Rms {
+  static constexpr int kSlots = 1;
+  static constexpr size_t kScalars = 5;
+  static void Apply(const float* s, const Leaf<1>& L, int64_t b, int64_t e) {
+    RmsLoop(e - b, s, L.in[0] + b, L.in[1] + b, L.in[2] + b, L.out[0] + b, L.out[1] + b);
+  }
+};
+
+template <typename Op>
+ffi::Error Handler(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
                    ffi::Buffer<ffi::F32> leaf_scalars, ffi::RemainingArgs args,
                    ffi::RemainingRets rets) {
   const float* s = scalars.typed_data();
-  return Run<2>("accel_jax_adam_f32", pool, scalars, 9, leaf_scalars, args, rets,
-                [s](const Leaf<2>& L, int64_t b, int64_t e) {
-                  AdamLoop(e - b, s, L.leaf_scalar, L.in[0] + b, L.in[1] + b, L.in[2] + b,
-                           L.in[3] + b, L.out[0] + b, L.out[1] + b, L.out[2] + b);
-                });
-}
-
-ffi::Error MomentumF32(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
-                       ffi::Buffer<ffi::F32> leaf_scalars, ffi::RemainingArgs args,
-                       ffi::RemainingRets rets) {
-  const float* s = scalars.typed_data();
-  return Run<1>("accel_jax_momentum_f32", pool, scalars, 4, leaf_scalars, args, rets,
-                [s](const Leaf<1>& L, int64_t b, int64_t e) {
-                  auto loop = s[3] != 0.0f ? MomentumLoop<true> : MomentumLoop<false>;
-                  loop(e - b, s, L.in[0] + b, L.in[1] + b, L.in[2] + b, L.out[0] + b,
-                       L.out[1] + b);
-                });
-}
-
-ffi::Error RmsF32(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
-                  ffi::Buffer<ffi::F32> leaf_scalars, ffi::RemainingArgs args,
-                  ffi::RemainingRets rets) {
-  const float* s = scalars.typed_data();
-  return Run<1>("accel_jax_rms_f32", pool, scalars, 5, leaf_scalars, args, rets,
-                [s](const Leaf<1>& L, int64_t b, int64_t e) {
-                  RmsLoop(e - b, s, L.in[0] + b, L.in[1] + b, L.in[2] + b, L.out[0] + b,
-                          L.out[1] + b);
-                });
+  return Run<Op::kSlots>(pool, scalars, Op::kScalars, leaf_scalars, args, rets,
+                         [s](const Leaf<Op::kSlots>& L, int64_t b, int64_t e) {
+                           Op::Apply(s, L, b, e);
+                         });
 }
 
 }  // namespace
@@ -233,6 +238,6 @@ ffi::Error RmsF32(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
       .RemainingArgs()                                   \
       .RemainingRets()
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_adam_f32, AdamF32, ACCEL_JAX_BIND);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_momentum_f32, MomentumF32, ACCEL_JAX_BIND);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_rms_f32, RmsF32, ACCEL_JAX_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_adam_f32, Handler<Adam>, ACCEL_JAX_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_momentum_f32, Handler<Momentum>, ACCEL_JAX_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_rms_f32, Handler<Rms>, ACCEL_JAX_BIND);
