@@ -87,6 +87,16 @@ def _resolve(tree_or_fn: Any, params: Any) -> Any:
     return tree_or_fn(params) if callable(tree_or_fn) else tree_or_fn
 
 
+def mask_flags(mask: Any, tree: Any) -> list[bool]:
+    """One bool per leaf of ``tree``: ``mask`` (a pytree of bools or a prefix of one, or a
+    function of ``tree`` returning one) broadcast over the leaves."""
+    leaves = jax.tree.leaves(tree)
+    flags = [f for f in _broadcast_to_leaves(_resolve(mask, tree), tree, "mask") if f is not None]
+    if len(flags) != len(leaves):
+        raise ValueError(f"mask has {len(flags)} leaves for {len(leaves)} leaves of the params.")
+    return [bool(f) for f in flags]
+
+
 def masked(
     inner: GradientTransformation, mask: Any | Callable[[Any], Any]
 ) -> GradientTransformationExtraArgs:
@@ -100,13 +110,8 @@ def masked(
     def select(tree, mask_tree):
         treedef = jax.tree.structure(tree)
         leaves = jax.tree.leaves(tree)
-        flags = _broadcast_to_leaves(mask_tree, tree, "mask")
-        flags = [f for f in flags if f is not None]
-        if len(flags) != len(leaves):
-            raise ValueError(
-                f"mask has {len(flags)} leaves for {len(leaves)} leaves of the params."
-            )
-        chosen = [leaf if bool(f) else MaskedNode() for leaf, f in zip(leaves, flags, strict=True)]
+        flags = mask_flags(mask_tree, tree)
+        chosen = [leaf if f else MaskedNode() for leaf, f in zip(leaves, flags, strict=True)]
         return treedef, flags, jax.tree.unflatten(treedef, chosen)
 
     def init_fn(params):

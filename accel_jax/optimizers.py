@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from accel_jax import _validation as v
 from accel_jax.base import GradientTransformationExtraArgs, ScalarOrSchedule
-from accel_jax.combine import _broadcast_to_leaves, _resolve, chain
+from accel_jax.combine import chain, mask_flags
 from accel_jax.fused import KernelSpec, register_kernel_step
 from accel_jax.hyperparams import float_dtype
 from accel_jax.transforms.adaptive import (
@@ -323,10 +323,7 @@ def _with_adam_kernel(tx, s, eps_root, amsgrad, state_bits, *, decays=False, mas
 
     def weight_decays(params, state):
         decay = getattr(state[1], "inner_state", state[1]).hyperparams["weight_decay"]
-        flags = [True] * len(jax.tree.leaves(params))
-        if mask is not None:
-            flags = _broadcast_to_leaves(_resolve(mask, params), params, "mask")
-            flags = [bool(f) for f in flags if f is not None]
+        flags = mask_flags(True if mask is None else mask, params)
         zero = jnp.zeros([], _F32)
         return [decay.astype(_F32) if flag else zero for flag in flags]
 
