@@ -242,7 +242,8 @@ def bench_torch(mode, opt, shapes, repeats):
 
 
 def compile_time(impl, leaves, size, train_step=False):
-    """Seconds to trace, lower and compile the jitted Adam step (or a whole train step).
+    """Seconds to trace, lower and compile the jitted Adam step; for a whole train step,
+    ``(seconds, median run time of the compiled step)``.
 
     ``train_step=True`` compiles loss, gradient and optimizer step together, with
     a small loss that touches every leaf: for flat params the model reads the
@@ -274,8 +275,19 @@ def compile_time(impl, leaves, size, train_step=False):
         fn = jax_step(tx) if lib == "optax" else aj.make_step(
             tx, kernel=False if impl == "accel_jax xla" else None)
     t0 = time.perf_counter()
-    fn.lower(params, state, grads).compile()
-    return time.perf_counter() - t0
+    compiled = fn.lower(params, state, grads).compile()
+    seconds = time.perf_counter() - t0
+    if not train_step:
+        return seconds
+    # The train step's run time too: the backward pass through ``unflatten`` is where
+    # a flat layout can cost (it once summed one padded buffer per leaf).
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        params, state = compiled(params, state, grads)
+        jax.block_until_ready(params)
+        times.append(time.perf_counter() - t0)
+    return seconds, summarize(times[1:])["median_s"]
 
 
 # ----------------------------------------------------------------------------- main
@@ -417,12 +429,15 @@ def main(argv=None) -> dict:
             if leaves <= 1000:  # at 10,000 leaves it compiles as slowly as optax (RESULTS.md)
                 row["accel_jax xla"] = compile_time("accel_jax xla", leaves, size)
             if leaves <= 1000:
-                row["train optax"] = compile_time("optax", leaves, size, train_step=True)
-                row["train accel_jax flat"] = compile_time(
-                    "accel_jax flat", leaves, size, train_step=True)
+                for impl in ["optax", "accel_jax flat"]:
+                    row[f"train {impl}"], row[f"train {impl} step_s"] = compile_time(
+                        impl, leaves, size, train_step=True)
             results["compile"].append(row)
             train = (f"{row['train optax']:>13.2f} {row['train accel_jax flat']:>12.2f}"
                      if "train optax" in row else f"{'-':>13} {'-':>12}")
+            if "train optax" in row:
+                train += (f"  (train step runs: optax {row['train optax step_s'] * 1e3:.1f} ms,"
+                          f" flat {row['train accel_jax flat step_s'] * 1e3:.1f} ms)")
             print(f"{leaves:>7} {row['optax']:>8.2f} {row['accel_jax']:>10.2f} "
                   f"{row['accel_jax'] / row['optax']:>6.2f} {row['accel_jax flat']:>7.2f} "
                   f"{row['accel_jax flat'] / row['optax']:>6.2f} {train} "

@@ -167,3 +167,17 @@ def test_flat_training_with_gradients_through_unflatten():
     np.testing.assert_allclose(got["w"], tree_params["w"], rtol=1e-6)
     np.testing.assert_allclose(got["b"], tree_params["b"], rtol=1e-6, atol=1e-7)
     assert int(got["step"]) == 0 and got["none"] is None
+
+
+def test_gradient_through_unflatten_is_one_concatenation():
+    """Not one padded, full-size buffer per leaf (quadratic in the number of leaves)."""
+    flat, layout = aj.flatten_params({f"p{i:03d}": jnp.ones((4, 8)) for i in range(200)})
+
+    def loss(f):
+        return sum(jnp.sum(jnp.tanh(x)) for x in jax.tree.leaves(layout.unflatten(f)))
+
+    jaxpr = str(jax.make_jaxpr(jax.grad(loss))(flat))
+    assert "pad" not in jaxpr
+    assert jaxpr.count("concatenate") == 1
+    want = jax.tree.map(lambda x: 1 - jnp.tanh(x) ** 2, layout.unflatten(flat))
+    np.testing.assert_allclose(jax.grad(loss)(flat)["float32"], layout.flatten(want)["float32"])
