@@ -199,6 +199,8 @@ def native_leaves(target, scalars, leaf_scalars, params, grads, slots):
     their buffers with ``params`` and ``slots`` (in place when donated). The JVP
     is :func:`reference_leaves`'s, so the step stays differentiable.
     """
+    if not native_available():
+        raise RuntimeError(f"native kernel {target} is not available: {native_status()}")
     n_slots = len(slots)
     new_p, new_slots = [], [[] for _ in slots]
     for start in range(0, len(params), LEAVES_PER_CALL):

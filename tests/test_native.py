@@ -134,17 +134,17 @@ def test_each_kernel_matches_its_numpy_formula(name):
              for _ in range(n_slots)]
     scalars = np.asarray(scalars, np.float32)
     leaf = np.array([0.1, 0.0, 0.3, 0.2], np.float32)
-    got_p, got_slots = jax.jit(_native.native_leaves, static_argnums=0)(
-        target, scalars, leaf, p, g, slots
-    )
     s64 = scalars.astype(np.float64)
-    for i in range(len(shapes)):
-        args = [x[i].astype(np.float64) for x in (p, g, *slots)]
-        want_p, want_slots = formula(s64, np.float64(leaf[i]), *args)
-        for got, want in zip([got_p[i], *(c[i] for c in got_slots)], [want_p, *want_slots],
-                             strict=True):
-            # f32 against f64 with O(1) inputs: a few float32 ulps of 1.
-            np.testing.assert_allclose(np.asarray(got), want, rtol=2e-6, atol=1e-6)
+    # The kernel, and its jax.numpy transcription (the JVP of the kernel step).
+    for fn in (_native.native_leaves, _native.reference_leaves):
+        got_p, got_slots = jax.jit(fn, static_argnums=0)(target, scalars, leaf, p, g, slots)
+        for i in range(len(shapes)):
+            args = [x[i].astype(np.float64) for x in (p, g, *slots)]
+            want_p, want_slots = formula(s64, np.float64(leaf[i]), *args)
+            for got, want in zip([got_p[i], *(c[i] for c in got_slots)], [want_p, *want_slots],
+                                 strict=True):
+                # f32 against f64 with O(1) inputs: a few float32 ulps of 1.
+                np.testing.assert_allclose(np.asarray(got), want, rtol=2e-6, atol=1e-6)
 
 
 def test_mixed_trees_take_the_kernel_for_float32_leaves_only():
@@ -270,9 +270,10 @@ def test_kernel_step_compiles_once():
     assert len(traces) == 1
 
 
-def test_kernel_step_is_differentiable():
+@pytest.mark.parametrize("name", ["adamw_mask_fn", "sgd_nesterov_keras", "rmsprop_torch"])
+def test_kernel_step_is_differentiable(name):
     """Its JVP is the XLA formula's: gradients through the step equal the XLA path's."""
-    tx = aj.adamw(1e-1)
+    tx = CONFIGS[name]()
     # After a few steps: at the first step m/sqrt(v) = sign(g), whose derivative is 0.
     params, state = _run(tx, False, steps=3)
 
