@@ -4,6 +4,8 @@ Each test runs the same optimizer through the framework and through a plain
 reference loop and checks that the numbers agree.
 """
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,6 +45,35 @@ def test_flax_nnx_optimizer(standard_promotion):
 
     for _ in range(5):
         step(model, optimizer)
+    expected = _plain_run(
+        tx, init_params, lambda p: jnp.mean((x @ p["kernel"] + p["bias"] - y) ** 2), 5
+    )
+    np.testing.assert_allclose(model.kernel[...], expected["kernel"], rtol=1e-5, atol=1e-7)
+
+
+def test_flax_nnx_functional_step_with_the_native_kernel(standard_promotion):
+    """The fast step for NNX models (docs/performance.md): split, apply_step, merge."""
+    from flax import nnx
+
+    x, y = _data()
+    model = nnx.Linear(5, 3, rngs=nnx.Rngs(0))
+    # Copies: the step donates the params' buffers, which the model shares.
+    init_params = {"kernel": jnp.copy(model.kernel[...]), "bias": jnp.copy(model.bias[...])}
+    tx = aj.adamw(1e-2, weight_decay=1e-2)
+    graphdef, params = nnx.split(model, nnx.Param)
+    opt_state = tx.init(params)
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    def step(params, opt_state):
+        def loss(params):
+            return jnp.mean((nnx.merge(graphdef, params)(x) - y) ** 2)
+
+        grads = jax.grad(loss)(params)
+        return aj.apply_step(tx, params, opt_state, grads, kernel=True)
+
+    for _ in range(5):
+        params, opt_state = step(params, opt_state)
+    nnx.update(model, params)
     expected = _plain_run(
         tx, init_params, lambda p: jnp.mean((x @ p["kernel"] + p["bias"] - y) ** 2), 5
     )
