@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import accel_jax as aj
+
 NUM_FEATURES = 64
 NUM_CLASSES = 10
 
@@ -118,6 +120,40 @@ def mlp_apply(params: dict, x: jax.Array) -> jax.Array:
 def mlp_loss(params: dict, x: jax.Array, y: jax.Array) -> jax.Array:
     """Cross-entropy of the MLP of :func:`init_mlp`."""
     return cross_entropy(mlp_apply(params, x), y)
+
+
+def epoch_batches(data: Digits, batch: int, rng: np.random.Generator):
+    """One shuffled epoch of full minibatches ``(x, y)`` (a fixed shape: steps compile once)."""
+    order = rng.permutation(len(data.y_train))
+    for i in range(0, len(order) - batch + 1, batch):
+        idx = order[i : i + batch]
+        yield data.x_train[idx], data.y_train[idx]
+
+
+def random_batches(data: Digits, batch: int, steps: int, seed: int = 0):
+    """``steps`` minibatches ``(x, y)``, each drawn without replacement; the same for a seed."""
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        idx = rng.choice(len(data.y_train), batch, replace=False)
+        yield data.x_train[idx], data.y_train[idx]
+
+
+def train_single_device(tx, params, batches):
+    """The plain loop on one device (the multi-device examples' reference):
+    ``(params, opt_state, losses)``."""
+
+    @jax.jit
+    def step(params, opt_state, x, y):
+        loss, grads = jax.value_and_grad(mlp_loss)(params, x, y)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return aj.apply_updates(params, updates), opt_state, loss
+
+    opt_state = tx.init(params)
+    losses = []
+    for x, y in batches:
+        params, opt_state, loss = step(params, opt_state, x, y)
+        losses.append(float(loss))
+    return params, opt_state, losses
 
 
 def max_relative_difference(a, b) -> float:

@@ -25,7 +25,6 @@ if __name__ == "__main__":
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-import numpy as np  # noqa: E402
 
 import accel_jax as aj  # noqa: E402
 
@@ -34,14 +33,6 @@ PER_DEVICE_BATCH = 16
 
 def make_optimizer() -> aj.GradientTransformation:
     return aj.adamw(1e-3, weight_decay=1e-4)
-
-
-def batches(data: _common.Digits, batch_size: int, steps: int, seed: int):
-    """The same sequence of global minibatches for both runs: ``(x, y)`` of ``batch_size``."""
-    rng = np.random.default_rng(seed)
-    for _ in range(steps):
-        idx = rng.choice(len(data.y_train), batch_size, replace=False)
-        yield data.x_train[idx], data.y_train[idx]
 
 
 def train_pmap(params, data, steps: int, n_devices: int, seed: int = 0):
@@ -60,7 +51,7 @@ def train_pmap(params, data, steps: int, n_devices: int, seed: int = 0):
     params = jax.tree.map(lambda a: jnp.broadcast_to(a, (n_devices, *a.shape)), params)
     opt_state = jax.pmap(tx.init, devices=devices)(params)
     losses = []
-    for x, y in batches(data, PER_DEVICE_BATCH * n_devices, steps, seed):
+    for x, y in _common.random_batches(data, PER_DEVICE_BATCH * n_devices, steps, seed):
         shard = lambda a: a.reshape(n_devices, PER_DEVICE_BATCH, *a.shape[1:])
         params, opt_state, loss = p_step(params, opt_state, shard(x), shard(y))
         losses.append(float(loss[0]))
@@ -72,19 +63,8 @@ def train_pmap(params, data, steps: int, n_devices: int, seed: int = 0):
 
 def train_single(params, data, steps: int, n_devices: int, seed: int = 0):
     """The same training on one device with the whole global minibatch."""
-    tx = make_optimizer()
-
-    @jax.jit
-    def step(params, opt_state, x, y):
-        loss, grads = jax.value_and_grad(_common.mlp_loss)(params, x, y)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return aj.apply_updates(params, updates), opt_state, loss
-
-    opt_state = tx.init(params)
-    losses = []
-    for x, y in batches(data, PER_DEVICE_BATCH * n_devices, steps, seed):
-        params, opt_state, loss = step(params, opt_state, x, y)
-        losses.append(float(loss))
+    batches = _common.random_batches(data, PER_DEVICE_BATCH * n_devices, steps, seed)
+    params, _, losses = _common.train_single_device(make_optimizer(), params, batches)
     return params, losses
 
 

@@ -50,15 +50,10 @@ def main(argv: list[str] | None = None) -> dict:
         return aj.apply_updates(params, updates), opt_state, loss
 
     rng = np.random.default_rng(0)
-    batch = 32
     losses = []
     for _ in range(epochs):
-        order = rng.permutation(len(data.y_train))
-        for i in range(0, len(order) - batch + 1, batch):
-            idx = order[i : i + batch]
-            params, opt_state, loss = train_step(
-                params, opt_state, data.x_train[idx], data.y_train[idx]
-            )
+        for x, y in _common.epoch_batches(data, 32, rng):
+            params, opt_state, loss = train_step(params, opt_state, x, y)
             losses.append(float(loss))
     acc = float(_common.accuracy(net.apply(params, data.x_val), data.y_val))
     print(f"{epochs} epochs, {len(losses)} steps of L2 + Nadam (Keras conventions): minibatch "

@@ -75,10 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
             body_lr = aj.get_hyperparams(groups["body"])["learning_rate"]
             groups["body"] = aj.set_hyperparams(groups["body"], learning_rate=body_lr / 10)
             state = state.replace(opt_state=state.opt_state._replace(inner_states=groups))
-        order = rng.permutation(len(data.y_train))
-        for i in range(0, len(order) - batch + 1, batch):
-            idx = order[i : i + batch]
-            state, loss = train_step(state, data.x_train[idx], data.y_train[idx])
+        for x, y in _common.epoch_batches(data, batch, rng):
+            state, loss = train_step(state, x, y)
             losses.append(float(loss))
     acc = float(evaluate(state, data.x_val, data.y_val))
     rates = {

@@ -50,13 +50,10 @@ def main(argv: list[str] | None = None) -> dict:
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     rng = np.random.default_rng(0)
-    batch = 32
     losses = []
     for _ in range(epochs):
-        order = rng.permutation(len(data.y_train))
-        for i in range(0, len(order) - batch + 1, batch):
-            idx = order[i : i + batch]
-            losses.append(float(train_step(model, optimizer, data.x_train[idx], data.y_train[idx])))
+        for x, y in _common.epoch_batches(data, 32, rng):
+            losses.append(float(train_step(model, optimizer, x, y)))
         acc = float(evaluate(model, data.x_val, data.y_val))
     lr = float(aj.get_hyperparams(nnx.as_pure(optimizer.opt_state))["learning_rate"])
     print(f"{epochs} epochs, {len(losses)} steps of adamw(lr={lr:g}): minibatch loss "

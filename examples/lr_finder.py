@@ -29,15 +29,6 @@ def optimizer(learning_rate):
     return aj.sgd(learning_rate, momentum=0.9, nesterov=True)
 
 
-def minibatches(data: _common.Digits, batch: int, seed: int) -> list:
-    """One shuffled epoch of full minibatches (a fixed shape: the step compiles once)."""
-    order = np.random.default_rng(seed).permutation(len(data.y_train))
-    return [
-        (data.x_train[order[i : i + batch]], data.y_train[order[i : i + batch]])
-        for i in range(0, len(order) - batch + 1, batch)
-    ]
-
-
 def loss_fn(params, batch):
     x, y = batch
     return _common.mlp_loss(params, x, y)
@@ -65,7 +56,8 @@ def train(params, learning_rate: float, batches: list, epochs: int, data) -> flo
 def main(argv: list[str] | None = None) -> dict:
     args = _common.parser(__doc__.splitlines()[0]).parse_args(argv)
     data = _common.load_digits()
-    batches = minibatches(data, batch=32, seed=0)  # 44 batches, cycled by the range test
+    # One epoch of 44 batches, cycled by the range test.
+    batches = list(_common.epoch_batches(data, 32, np.random.default_rng(0)))
     params = _common.init_mlp(jax.random.key(0))
 
     result = aj.find_learning_rate(

@@ -56,13 +56,6 @@ def make_optimizer() -> aj.GradientTransformation:
     return aj.adamw(1e-3, weight_decay=1e-4)
 
 
-def batches(data: _common.Digits, steps: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    for _ in range(steps):
-        idx = rng.choice(len(data.y_train), BATCH, replace=False)
-        yield data.x_train[idx], data.y_train[idx]
-
-
 def like_params(abstract_state, params, param_value, default):
     """A tree shaped like the optimizer state: ``param_value`` of the param each leaf
     belongs to (same path suffix, same shape, e.g. ``[0].mu['layer_0']['w']`` belongs to
@@ -105,7 +98,7 @@ def train(params, data, steps, mesh, param_specs, state_specs, batch_spec):
     params = jax.device_put(params, p_sh)
     opt_state = jax.jit(tx.init, out_shardings=s_sh)(params)
     losses = []
-    for x, y in batches(data, steps):
+    for x, y in _common.random_batches(data, BATCH, steps):
         params, opt_state, loss = step(params, opt_state, x, y)
         losses.append(float(loss))
     state_bytes = sum(leaf.addressable_shards[0].data.nbytes for leaf in jax.tree.leaves(opt_state))
@@ -113,21 +106,9 @@ def train(params, data, steps, mesh, param_specs, state_specs, batch_spec):
 
 
 def train_single(params, data, steps):
-    tx = make_optimizer()
-
-    @jax.jit
-    def step(params, opt_state, x, y):
-        loss, grads = jax.value_and_grad(_common.mlp_loss)(params, x, y)
-        updates, opt_state = tx.update(grads, opt_state, params)
-        return aj.apply_updates(params, updates), opt_state, loss
-
-    opt_state = tx.init(params)
-    losses = []
-    for x, y in batches(data, steps):
-        params, opt_state, loss = step(params, opt_state, x, y)
-        losses.append(float(loss))
-    state_bytes = sum(leaf.nbytes for leaf in jax.tree.leaves(opt_state))
-    return params, losses, state_bytes
+    params, opt_state, losses = _common.train_single_device(
+        make_optimizer(), params, _common.random_batches(data, BATCH, steps))
+    return params, losses, sum(leaf.nbytes for leaf in jax.tree.leaves(opt_state))
 
 
 def main(argv: list[str] | None = None) -> dict:
