@@ -29,7 +29,11 @@ OUTPUT = ROOT / "docs" / "api.md"
 
 # Sections in reading order; modules not listed here follow, sorted by name.
 MODULE_ORDER = [
-    "accel_jax.optimizers",
+    "accel_jax.optimizers.sgd",
+    "accel_jax.optimizers.adagrad",
+    "accel_jax.optimizers.rmsprop",
+    "accel_jax.optimizers.adam",
+    "accel_jax.optimizers._conventions",
     "accel_jax.base",
     "accel_jax.combine",
     "accel_jax.transforms.momentum",
