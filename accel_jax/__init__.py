@@ -109,6 +109,18 @@ from accel_jax.transforms.quantized import (
     state_bytes,
 )
 
+# --- frontier optimizers (issue 12): one block per family, in this order ---
+# (radam / nadamw / adadelta)
+# (muon)
+# (adafactor, lamb, lars, scale_by_trust_ratio)
+# (schedule-free, lion)
+
+# --- optax drop-in (issue 11) ---
+
+# --- trust (issue 10) ---
+
+# --- scale out (issue 14) ---
+
 __version__ = "0.1.0"
 
 import types as _types

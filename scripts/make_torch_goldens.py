@@ -110,18 +110,23 @@ def problems() -> dict:
     }
 
 
-def run(variant: dict, dtype: torch.dtype, init: dict, loss_fn, lrs: np.ndarray) -> dict:
-    """torch.optim closed loop; returns ``{leaf: {"grads", "params"}}`` as NumPy arrays."""
+def run(make_optimizer, dtype: torch.dtype, init: dict, loss_fn, lrs: np.ndarray,
+        eval_params=None) -> dict:
+    """A torch-style optimizer's closed loop; returns ``{leaf: {"grads", "params"}}``.
+
+    ``make_optimizer(param_list, lr)`` builds the optimizer (anything with
+    ``param_groups`` and ``step()``). ``eval_params(optimizer, params)``, when given,
+    returns extra per-leaf arrays recorded as ``"eval"`` after each recorded step (the
+    evaluation point of a schedule-free optimizer, say).
+    """
 
     def t(x):
         return torch.tensor(x, dtype=dtype)
 
     params = {k: t(v).requires_grad_(True) for k, v in init.items()}
-    name, kwargs = variant["torch"]
-    opt = getattr(torch.optim, name)(
-        list(params.values()), lr=float(lrs[0]), foreach=False, **kwargs
-    )
-    out = {k: {"grads": [], "params": []} for k in params}
+    opt = make_optimizer(list(params.values()), float(lrs[0]))
+    kinds = ("grads", "params", "eval") if eval_params else ("grads", "params")
+    out = {k: {kind: [] for kind in kinds} for k in params}
     for step in range(1, STEPS + 1):
         for group in opt.param_groups:
             group["lr"] = float(lrs[step - 1])
@@ -133,41 +138,68 @@ def run(variant: dict, dtype: torch.dtype, init: dict, loss_fn, lrs: np.ndarray)
         if step in RECORDED:
             for k, p in params.items():
                 out[k]["params"].append(p.detach().numpy().copy())
+            if eval_params:
+                for k, x in eval_params(opt, params).items():
+                    out[k]["eval"].append(np.asarray(x).copy())
     return {k: {key: np.stack(v) for key, v in d.items()} for k, d in out.items()}
 
 
-def main() -> None:
+def write_golden(ecosystem: str, name: str, spec: dict, make_optimizer, meta: dict,
+                 leaves=None, eval_params=None) -> pathlib.Path:
+    """Runs one variant in float32 and float64 on both problems and writes
+    ``tests/reference/<ecosystem>_<name>.npz`` (layout: tests/reference/README.md).
+
+    ``leaves(problem, init) -> init`` may restrict a problem's params (an optimizer that
+    takes matrices only, say; a problem left with no leaf is skipped); ``meta`` is
+    stored with ``spec``, the steps and the learning-rate rule added.
+    """
     torch.use_deterministic_algorithms(True)
+    lrs = learning_rates(spec)
+    arrays = {"lrs": lrs, "steps": np.asarray(RECORDED, np.int32)}
+    for dname, dtype in DTYPES.items():
+        torch.set_default_dtype(dtype)
+        for pname, (init, loss_fn) in problems().items():
+            init = leaves(pname, init) if leaves else init
+            if not init:
+                continue
+            traj = run(make_optimizer, dtype, init, loss_fn, lrs, eval_params)
+            for leaf, d in traj.items():
+                prefix = f"{dname}/{pname}/{leaf}"
+                arrays[f"{prefix}/init"] = np.asarray(init[leaf], d["grads"].dtype)
+                for kind, values in d.items():
+                    arrays[f"{prefix}/{kind}"] = values
+    torch.set_default_dtype(torch.float32)
+    meta = {
+        **meta,
+        "variant": name,
+        "spec": spec,
+        "steps": STEPS,
+        "lr_rule": "param_groups[*]['lr'] = lrs[k] before step k (k = 0-based)",
+    }
+    arrays["meta"] = np.asarray(json.dumps(meta, sort_keys=True))
+    path = OUT / f"{ecosystem}_{name}.npz"
+    np.savez_compressed(path, **arrays)
+    print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size / 1024:.0f} KiB)")
+    return path
+
+
+def torch_optim(name: str, **kwargs):
+    """``make_optimizer`` for ``torch.optim.<name>(params, lr, foreach=False, **kwargs)``."""
+    return lambda params, lr: getattr(torch.optim, name)(params, lr=lr, foreach=False, **kwargs)
+
+
+def main() -> None:
     total = 0
     for vname, variant in VARIANTS.items():
-        lrs = learning_rates(variant["spec"])
-        arrays = {"lrs": lrs, "steps": np.asarray(RECORDED, np.int32)}
-        for dname, dtype in DTYPES.items():
-            torch.set_default_dtype(dtype)
-            for pname, (init, loss_fn) in problems().items():
-                traj = run(variant, dtype, init, loss_fn, lrs)
-                for leaf, d in traj.items():
-                    prefix = f"{dname}/{pname}/{leaf}"
-                    arrays[f"{prefix}/init"] = np.asarray(init[leaf], d["grads"].dtype)
-                    arrays[f"{prefix}/grads"] = d["grads"]
-                    arrays[f"{prefix}/params"] = d["params"]
-        torch.set_default_dtype(torch.float32)
         name, kwargs = variant["torch"]
         meta = {
-            "variant": vname,
-            "spec": variant["spec"],
             "torch_version": torch.__version__,
             "command": COMMAND,
             "optimizer": f"torch.optim.{name}",
             "kwargs": {**kwargs, "foreach": False},
-            "steps": STEPS,
-            "lr_rule": "param_groups[*]['lr'] = lrs[k] before step k (k = 0-based)",
         }
-        arrays["meta"] = np.asarray(json.dumps(meta, sort_keys=True))
-        path = OUT / f"torch_{vname}.npz"
-        np.savez_compressed(path, **arrays)
+        path = write_golden("torch", vname, variant["spec"], torch_optim(name, **kwargs), meta)
         total += path.stat().st_size
-        print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size / 1024:.0f} KiB)")
     print(f"total {total / 1024:.0f} KiB, torch {torch.__version__}")
 
 
