@@ -7,43 +7,45 @@ the CPU platform. Nothing here is needed for correctness: when no compiler is
 found, the build fails, or ``ACCEL_JAX_NATIVE=0`` is set, :func:`native_status`
 says why and every step runs on the XLA path.
 
+A library is loaded only from a folder and a file owned by this user, not
+symbolic links and not writable by group or others, and only when its bytes
+match the SHA-256 recorded when it was built; a damaged library is rebuilt once,
+never executed. Concurrent first uses compile once (a file lock).
+
 Environment:
 
 * ``ACCEL_JAX_NATIVE=0`` disables the kernels;
 * ``ACCEL_JAX_CACHE_DIR`` sets the cache folder (default
-  ``$XDG_CACHE_HOME/accel_jax`` or ``~/.cache/accel_jax``; the temporary folder
-  when that is not writable);
+  ``$XDG_CACHE_HOME/accel_jax`` or ``~/.cache/accel_jax``, created with mode
+  0700); a folder that is not absolute or not private is refused, with the
+  reason in :func:`native_status`, and the process builds in a fresh private
+  temporary folder instead;
 * ``CXX`` names the compiler (default: ``c++``, ``g++`` or ``clang++``, the first found).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import hashlib
 import os
 import shutil
 import subprocess
-import tempfile
 import threading
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
+from accel_jax import _native_cache as cache
+
 SOURCE = Path(__file__).parent / "kernels" / "cpu_kernels.cc"
 TARGETS = ("accel_jax_adam_f32", "accel_jax_momentum_f32", "accel_jax_rms_f32")
 _FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-w")
 
 _lock = threading.Lock()
-_state: dict[str, object] = {}  # "ok": bool, "why": str, "library": path
-
-
-def _cache_dir() -> Path:
-    if os.environ.get("ACCEL_JAX_CACHE_DIR"):
-        return Path(os.environ["ACCEL_JAX_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "accel_jax"
+_state: dict[str, object] = {}  # "ok": bool, "why": str, "library": path, "notes": [str]
 
 
 def _compiler() -> str | None:
@@ -63,39 +65,51 @@ def _cpu_flags() -> str:
         return platform.processor() or platform.machine()
 
 
-def _build(compiler: str) -> Path:
-    """Compiles the kernels if the cache has no library for this source, jaxlib and compiler."""
-    include = jax.ffi.include_dir()
+def _library_name(compiler: str) -> str:
+    """The library's file name: a hash of the source, jax's version, the compiler and the CPU."""
     key = hashlib.sha256()
     # -march=native: the library is only valid on this kind of CPU, so its flags are in the key.
     for part in (SOURCE.read_bytes(), jax.__version__, compiler, _cpu_flags(), *_FLAGS):
         key.update(part if isinstance(part, bytes) else part.encode())
-    name = f"cpu_kernels-{key.hexdigest()[:16]}.so"
-    cache = _cache_dir()
+    return f"cpu_kernels-{key.hexdigest()[:16]}.so"
+
+
+def _ensure(compiler: str, library: Path, notes: list[str], rebuild: str = "") -> bool:
+    """Builds ``library`` unless it is there and verified; ``rebuild``: why it is not.
+
+    Holds the folder's lock, so concurrent first uses compile once; notes why a
+    cached library was refused; returns whether it built.
+    """
+    with cache.locked(library.parent):
+        cache.remove_stale(library.parent)
+        if not rebuild and os.path.lexists(library):
+            rebuild = cache.problem(library) or ""
+            if not rebuild:
+                return False
+        if rebuild:
+            notes.append(f"cached library refused: {rebuild}")
+        tmp = cache.temporary(library)
+        try:
+            cmd = [compiler, *_FLAGS, f"-I{jax.ffi.include_dir()}", str(SOURCE), "-o", str(tmp)]
+            done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
+            os.chmod(tmp, 0o700)
+            cache.write_digest(tmp, library)  # each an atomic rename; a reader that
+            os.replace(tmp, library)  # sees one new and one old file refuses the pair
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(tmp)
+        return True
+
+
+def _open(library: Path):
+    fd = cache.open_verified(library)
     try:
-        cache.mkdir(parents=True, exist_ok=True)
-        if not os.access(cache, os.W_OK):
-            raise PermissionError(cache)
-    except OSError:  # a read-only home: build in the temporary folder instead
-        user = os.getuid() if hasattr(os, "getuid") else 0
-        cache = Path(tempfile.gettempdir()) / f"accel_jax-{user}"
-        cache.mkdir(parents=True, exist_ok=True)
-    library = cache / name
-    if library.exists():
-        return library
-    # Build next to the target and rename: concurrent processes never load a partial file.
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=cache)
-    os.close(fd)
-    try:
-        cmd = [compiler, *_FLAGS, f"-I{include}", str(SOURCE), "-o", tmp]
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd)} failed:\n{done.stderr[-2000:]}")
-        os.replace(tmp, library)
+        lib = ctypes.CDLL(cache.loadable_path(fd, library))
+        return lib, [getattr(lib, name) for name in TARGETS]
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return library
+        os.close(fd)
 
 
 def _load() -> None:
@@ -106,11 +120,21 @@ def _load() -> None:
     compiler = _compiler()
     if compiler is None:
         raise RuntimeError("no C++ compiler found (set CXX, or install g++ or clang++)")
-    library = _build(compiler)
-    lib = ctypes.cdll.LoadLibrary(str(library))
-    for name in TARGETS:
-        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, name)), platform="cpu")
+    folder, notes = cache.folder()
+    _state["notes"] = notes
+    library = folder / _library_name(compiler)
+    built = _ensure(compiler, library, notes)
+    try:
+        lib, functions = _open(library)
+    except (OSError, AttributeError, cache.Untrusted) as err:
+        if built:  # built a moment ago and unusable: the XLA path runs
+            raise
+        _ensure(compiler, library, notes, rebuild=f"{library} failed to load ({err})")
+        lib, functions = _open(library)
+    for name, function in zip(TARGETS, functions, strict=True):
+        jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(function), platform="cpu")
     _state["library"] = str(library)
+    _state["lib"] = lib  # keeps the handle
 
 
 def native_available() -> bool:
@@ -130,6 +154,9 @@ def native_available() -> bool:
                 _state.update(ok=True, why="built and registered: " + str(_state["library"]))
             except Exception as err:  # noqa: BLE001 - any failure means "use the XLA path"
                 _state.update(ok=False, why=f"{type(err).__name__}: {err}")
+            notes = _state.get("notes")
+            if notes:
+                _state["why"] = f"{_state['why']} ({'; '.join(notes)})"
         return bool(_state["ok"])
 
 
