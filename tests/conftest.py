@@ -27,6 +27,20 @@ def standard_promotion():
 
 
 @pytest.fixture
+def native_kernels():
+    """For tests of the native CPU kernels: skips without a C++ compiler (or with
+    ``ACCEL_JAX_NATIVE=0``), fails when there is one and they did not build."""
+    import accel_jax as aj
+    from accel_jax import _native
+
+    if not aj.native_available():
+        if _native._compiler() is None or os.environ.get("ACCEL_JAX_NATIVE") == "0":
+            pytest.skip(f"the native kernels are not available: {aj.native_status()}")
+        pytest.fail(f"a C++ compiler is installed but the kernels did not build: "
+                    f"{aj.native_status()}")
+
+
+@pytest.fixture
 def x64():
     """Runs a test with float64 enabled (JAX's default dtype becomes float64)."""
     if hasattr(jax, "enable_x64"):

@@ -51,7 +51,7 @@ def test_flax_nnx_optimizer(standard_promotion):
     np.testing.assert_allclose(model.kernel[...], expected["kernel"], rtol=1e-5, atol=1e-7)
 
 
-def test_flax_nnx_functional_step_with_the_native_kernel(standard_promotion):
+def test_flax_nnx_functional_step_with_the_native_kernel(standard_promotion, native_kernels):
     """The fast step for NNX models (docs/performance.md): split, apply_step, merge."""
     from flax import nnx
 
