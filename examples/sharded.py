@@ -17,9 +17,11 @@ accelerator, the script asks XLA for 8 simulated CPU devices::
 
     python examples/sharded.py [--quick]
 
-The optimizer state's sharding is given explicitly (``out_shardings`` of the jitted
-``tx.init``): a zero-filled moment does not depend on the params' values, so XLA has
-nothing to propagate a sharding from and would put it on one device.
+The optimizer state's layout comes from ``aj.state_shardings(tx, params,
+param_shardings, mode="follow" | "zero1")`` (one ``NamedSharding`` per state leaf,
+derived from the params' shardings) and ``aj.sharded_init`` creates the state directly
+in it: a zero-filled moment does not depend on the params' values, so without
+``out_shardings`` XLA would have nothing to propagate a sharding from.
 """
 
 from __future__ import annotations
@@ -56,36 +58,15 @@ def make_optimizer() -> aj.GradientTransformation:
     return aj.adamw(1e-3, weight_decay=1e-4)
 
 
-def like_params(abstract_state, params, param_value, default):
-    """A tree shaped like the optimizer state: ``param_value`` of the param each leaf
-    belongs to (same path suffix, same shape, e.g. ``[0].mu['layer_0']['w']`` belongs to
-    ``['layer_0']['w']``), and ``default`` for the other leaves (step counts, rates)."""
-    flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    by_path = {jax.tree_util.keystr(path): leaf for path, leaf in flat}
-    values = jax.tree_util.tree_flatten_with_path(param_value)[0]
-    value_by_path = {jax.tree_util.keystr(path): v for path, v in values}
-
-    def pick(path, leaf):
-        key = jax.tree_util.keystr(path)
-        for p_path, p_leaf in by_path.items():
-            if key.endswith(p_path) and tuple(leaf.shape) == tuple(p_leaf.shape):
-                return value_by_path[p_path]
-        return default
-
-    return jax.tree_util.tree_map_with_path(pick, abstract_state)
-
-
-def zero1_spec(leaf, n: int) -> P:
-    """ZeRO-1: split a state leaf along its first axis over ``data`` when it divides evenly."""
-    return P("data") if leaf.ndim >= 1 and leaf.shape[0] % n == 0 else P()
-
-
-def train(params, data, steps, mesh, param_specs, state_specs, batch_spec):
-    """Trains under ``jit`` with the given layout; returns params, losses, state bytes/device."""
+def train(params, data, steps, mesh, param_specs, mode, batch_spec):
+    """Trains under ``jit`` with the given layout (``mode``: how the optimizer state is
+    laid out, see :func:`accel_jax.state_shardings`); returns params, state, losses and
+    the state's bytes per device."""
     tx = make_optimizer()
-    named = lambda specs: jax.tree.map(lambda s: NamedSharding(mesh, s), specs)
-    p_sh, s_sh = named(param_specs), named(state_specs)
+    p_sh = jax.tree.map(lambda s: NamedSharding(mesh, s), param_specs)
     b_sh, replicated = NamedSharding(mesh, batch_spec), NamedSharding(mesh, P())
+    # one NamedSharding per state leaf, derived from the params' (shapes only)
+    s_sh = aj.state_shardings(tx, params, p_sh, mode=mode)
 
     def step(params, opt_state, x, y):
         loss, grads = jax.value_and_grad(_common.mlp_loss)(params, x, y)
@@ -96,7 +77,7 @@ def train(params, data, steps, mesh, param_specs, state_specs, batch_spec):
         step, in_shardings=(p_sh, s_sh, b_sh, b_sh), out_shardings=(p_sh, s_sh, replicated)
     )
     params = jax.device_put(params, p_sh)
-    opt_state = jax.jit(tx.init, out_shardings=s_sh)(params)
+    opt_state = aj.sharded_init(tx, params, mode=mode)  # created in its shards
     losses = []
     for x, y in _common.random_batches(data, BATCH, steps):
         params, opt_state, loss = step(params, opt_state, x, y)
@@ -121,23 +102,20 @@ def main(argv: list[str] | None = None) -> dict:
 
     data = _common.load_digits()
     params0 = _common.init_mlp(jax.random.key(0))
-    abstract_state = jax.eval_shape(make_optimizer().init, params0)
     single, single_losses, single_bytes = train_single(params0, data, steps)
 
     # Data + model parallel: state leaves split like their params.
     model = 2 if n % 2 == 0 else 1
     mesh = Mesh(np.array(devices).reshape(n // model, model), ("data", "model"))
-    state_specs = like_params(abstract_state, params0, MODEL_PARALLEL_SPECS, P())
     mp_params, mp_state, mp_losses, mp_bytes = train(
-        params0, data, steps, mesh, MODEL_PARALLEL_SPECS, state_specs, P("data")
+        params0, data, steps, mesh, MODEL_PARALLEL_SPECS, "follow", P("data")
     )
 
     # ZeRO-1: params replicated, state split over the data axis.
     mesh = Mesh(np.array(devices), ("data",))
     replicated = jax.tree.map(lambda _: P(), params0)
-    zero_specs = jax.tree.map(lambda leaf: zero1_spec(leaf, n), abstract_state)
     z_params, z_state, z_losses, z_bytes = train(
-        params0, data, steps, mesh, replicated, zero_specs, P("data")
+        params0, data, steps, mesh, replicated, "zero1", P("data")
     )
 
     report = {
