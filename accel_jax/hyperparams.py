@@ -14,11 +14,13 @@ the value it used at the last step in a ``hyperparams`` dict of its state:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+
+from accel_jax import _validation as v
 
 
 def float_dtype() -> Any:
@@ -29,8 +31,10 @@ def float_dtype() -> Any:
 def init_hyperparams(**specs: Any) -> dict[str, jax.Array]:
     """Values at step 0 of each hyperparameter (a number or a schedule)."""
     count = jnp.zeros([], jnp.int32)
+    # A new buffer per value (copy=True): an array given by the caller, or one array given
+    # for two hyperparameters, must not end up under two state fields (donation).
     return {
-        name: jnp.asarray(spec(count) if callable(spec) else spec, float_dtype())
+        name: jnp.array(spec(count) if callable(spec) else spec, float_dtype(), copy=True)
         for name, spec in specs.items()
     }
 
@@ -38,11 +42,75 @@ def init_hyperparams(**specs: Any) -> dict[str, jax.Array]:
 def current_hyperparams(
     specs: Mapping[str, Any], stored: Mapping[str, jax.Array], count: jax.Array
 ) -> dict[str, jax.Array]:
-    """The values to use at this step: schedules at ``count``, numbers from state."""
-    return {
+    """The values to use at this step: schedules at ``count``, numbers from state.
+
+    Inside :func:`checkify_hyperparams` each value is also checked against its
+    rule at run time.
+    """
+    if not isinstance(stored, Mapping) or not set(specs) <= set(stored):
+        raise ValueError(
+            f"the optimizer state does not match this transformation: it holds the "
+            f"hyperparameters {sorted(stored) if isinstance(stored, Mapping) else stored!r}, "
+            f"this transformation uses {sorted(specs)}. Was it initialised by this optimizer?"
+        )
+    values = {
         name: jnp.asarray(spec(count), float_dtype()) if callable(spec) else stored[name]
         for name, spec in specs.items()
     }
+    if _RUNTIME_CHECKS:
+        for name, value in values.items():
+            _runtime_check(name, value)
+    return values
+
+
+_RUNTIME_CHECKS = False
+
+
+def _runtime_check(name: str, value: jax.Array) -> None:
+    from jax.experimental import checkify
+
+    rule = v.hyperparam_rule(name)
+    checkify.check(
+        rule.holds(value), f"hyperparameter {name} must be {rule.describe()}, got {{}}", value
+    )
+
+
+def checkify_hyperparams(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` with every hyperparameter value checked at run time (opt-in; for use under jit).
+
+    Constructors check numbers and schedules (at step 0) when the optimizer is
+    built, and :func:`set_hyperparams` checks the numbers it is given, but inside
+    ``jit`` a schedule's later values and a traced value written into the state
+    cannot be inspected. Wrapping an *un-jitted* step function (for example
+    ``aj.make_step(tx, jit=False)``) checks, at every step, each value the
+    optimizer reads (schedules' and the state's) against its rule with
+    :mod:`jax.experimental.checkify`. The wrapped function returns
+    ``(error, result)``; ``error.throw()`` raises a ``JaxRuntimeError`` naming
+    the hyperparameter and its value. Jit the wrapped function, not ``fn``: a
+    step jitted before wrapping is cached without the checks.
+
+    >>> import jax, jax.numpy as jnp, accel_jax as aj
+    >>> tx = aj.sgd(lambda step: jnp.where(step < 1, 0.1, -0.1))   # negative from step 1 on
+    >>> step = jax.jit(aj.checkify_hyperparams(aj.make_step(tx, jit=False)))
+    >>> params = {"w": jnp.ones(1)}
+    >>> err, (params, state) = step(params, tx.init(params), {"w": jnp.ones(1)})
+    >>> err.get() is None
+    True
+    >>> err, _ = step(params, state, {"w": jnp.ones(1)})
+    >>> "learning_rate must be a number in [0, inf]" in err.get()
+    True
+    """
+    from jax.experimental import checkify
+
+    def checked(*args, **kwargs):
+        global _RUNTIME_CHECKS
+        before, _RUNTIME_CHECKS = _RUNTIME_CHECKS, True
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _RUNTIME_CHECKS = before
+
+    return checkify.checkify(checked, errors=checkify.user_checks)
 
 
 def increment(count: jax.Array) -> jax.Array:
@@ -98,6 +166,11 @@ def set_hyperparams(opt_state: Any, **values: Any) -> Any:
     ``set_hyperparams(s, **{k: f(v) for k, v in get_hyperparams(s).items()})``
     round-trips. Raises ``KeyError`` for a name found nowhere in the state.
 
+    Each value is checked with the rule the constructor applies to that
+    hyperparameter (a ``ValueError`` naming it, the value and the allowed range),
+    in the dtype it is stored in; a traced value (inside ``jit``) cannot be
+    inspected: see :func:`checkify_hyperparams`.
+
     Only hyperparameters given as numbers are read back from state; one given as
     a schedule is recomputed from the step count at the next update, so setting
     it has no effect. The replaced values keep their dtype and shape, so a jitted
@@ -119,7 +192,16 @@ def set_hyperparams(opt_state: Any, **values: Any) -> Any:
         for name in hp:
             for key in (f"{prefix}/{name}", name):
                 if key in values:
-                    hp[name] = jnp.asarray(values[key], hp[name].dtype).reshape(hp[name].shape)
+                    old = hp[name]
+                    # The constructor's rule, in the dtype the value is stored and used in.
+                    v.hyperparam_rule(name, type(node).__name__)._replace(
+                        allow_schedule=False
+                    ).check(
+                        key, values[key], dtype=old.dtype
+                    )
+                    # A new buffer each time: one value set in several places must not
+                    # become one buffer under several fields (donation).
+                    hp[name] = jnp.array(values[key], old.dtype, copy=True).reshape(old.shape)
                     seen.add(key)
                     break
         return node._replace(hyperparams=hp)
@@ -133,3 +215,64 @@ def set_hyperparams(opt_state: Any, **values: Any) -> Any:
             f"no hyperparameter named {missing} in the optimizer state; available: {available}"
         )
     return new_state
+
+
+def with_hyperparams_of(restored_state: Any, fresh_state: Any) -> Any:
+    """``restored_state`` with every hyperparameter taken from ``fresh_state``.
+
+    Hyperparameters live in the optimizer state, so a state restored from a
+    checkpoint carries the learning rate, momentum, betas (and plateau scale)
+    of the run that saved it, and *keeps them* even when the optimizer is now
+    built with other values (as torch's ``load_state_dict`` does; optax, whose
+    numbers are constants of the update, takes the new ones). To resume with
+    the new optimizer's hyperparameters instead::
+
+        state = restore(checkpoint, target=tx.init(params))      # e.g. orbax
+        state = aj.with_hyperparams_of(state, tx.init(params))   # tx's lr, momentum, ...
+
+    Moments, step counts and every other array come from ``restored_state``.
+    The two states must have the same structure (a ``ValueError`` names the
+    first path where they differ). Hyperparameters given as schedules are
+    recomputed from the step count at the next update either way.
+
+    >>> import jax.numpy as jnp, accel_jax as aj
+    >>> params = {"w": jnp.zeros(2)}
+    >>> restored = aj.sgd(0.1, momentum=0.9).init(params)      # saved by the old run
+    >>> tx = aj.sgd(0.01, momentum=0.5)                         # the new run's optimizer
+    >>> state = aj.with_hyperparams_of(restored, tx.init(params))
+    >>> round(float(aj.get_hyperparams(state)["learning_rate"]), 6)
+    0.01
+    """
+    from accel_jax.base import check_structure
+
+    is_node = _has_hyperparams
+    got = jax.tree_util.tree_flatten_with_path(restored_state, is_leaf=is_node)[0]
+    new = jax.tree_util.tree_flatten_with_path(fresh_state, is_leaf=is_node)[0]
+    restored_nodes = [(p, n) for p, n in got if is_node(n)]
+    fresh_nodes = [(p, n) for p, n in new if is_node(n)]
+    try:
+        check_structure(fresh_state, restored_state, "the restored state")
+    except ValueError as e:
+        raise ValueError(f"with_hyperparams_of: {e}") from None
+    for (path, a), (_, b) in zip(restored_nodes, fresh_nodes, strict=True):
+        if set(a.hyperparams) != set(b.hyperparams):
+            raise ValueError(
+                f"with_hyperparams_of: at path {jax.tree_util.keystr(path)} the restored state "
+                f"holds {sorted(a.hyperparams)}, the new one {sorted(b.hyperparams)}."
+            )
+    fresh = iter(fresh_nodes)
+
+    def take(node):
+        if not is_node(node):
+            return node
+        _, source = next(fresh)
+        return node._replace(
+            hyperparams={
+                name: jnp.array(source.hyperparams[name], value.dtype, copy=True).reshape(
+                    value.shape
+                )
+                for name, value in node.hyperparams.items()
+            }
+        )
+
+    return jax.tree.map(take, restored_state, is_leaf=is_node)

@@ -6,7 +6,14 @@ script trains an MLP on scikit-learn's digits with AdamW (weight decay on the
 kernels only) and halves the learning rate part-way with ``set_hyperparams``; it
 then trains again, stops half-way as if the job had been killed, restores the
 latest checkpoint into a freshly built optimizer and carries on. The resumed run
-ends bit for bit where the uninterrupted one did, learning rate included::
+ends bit for bit where the uninterrupted one did, learning rate included.
+
+Hyperparameters live in the state: the restored state keeps the learning rate the
+saved run used (here, the halved one), whatever ``tx`` was built with (as torch).
+To resume with the new optimizer's values instead (as optax), take them over with
+``state = aj.with_hyperparams_of(restored_state, tx.init(params))``. Use orbax (or
+another checkpointer that keeps dtypes): a bf16 state saved with ``np.savez``
+cannot be read back::
 
     python examples/checkpointing.py [--quick] [--out DIR]   # checkpoints under DIR/checkpoints
 """

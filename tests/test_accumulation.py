@@ -102,3 +102,42 @@ def test_validation():
     tx = aj.accumulate_gradients(aj.sgd(0.1), 2)
     with pytest.raises(ValueError, match="path"):
         tx.update({"v": jnp.ones(2)}, tx.init({"w": jnp.ones(2)}))
+
+
+def test_resuming_into_a_smaller_every_k_keeps_training():
+    """A state saved with every_k=4 after 3 micro-steps, resumed with every_k=2, steps at once.
+
+    The emit test was ``micro_step == every_k - 1``: micro_step 3 never equals 1 again,
+    so training stood still for good. optax.MultiSteps steps (``>=``); so does this.
+    """
+    params = {"w": jnp.zeros(2)}
+    old = aj.accumulate_gradients(aj.sgd(1.0), every_k=4)
+    state = old.init(params)
+    for g in (1.0, 2.0, 3.0):
+        _, state = old.update({"w": jnp.full(2, g)}, state, params)
+    assert int(state.micro_step) == 3
+    new = aj.accumulate_gradients(aj.sgd(1.0), every_k=2)
+    updates, state = new.update({"w": jnp.full(2, 6.0)}, state, params)
+    np.testing.assert_allclose(updates["w"], -3.0)  # the mean of the four gradients
+    assert int(state.micro_step) == 0
+    updates, state = new.update({"w": jnp.ones(2)}, state, params)
+    updates, state = new.update({"w": jnp.ones(2)}, state, params)
+    np.testing.assert_allclose(updates["w"], -1.0)  # then every 2 micro-steps
+
+
+@pytest.mark.skipif(not aj.native_available(), reason="native kernels not built")
+def test_the_native_kernel_stays_in_use_inside_accumulate_gradients():
+    tx = aj.accumulate_gradients(aj.adam(1e-2), every_k=2)
+    params = {"w": jnp.ones((4, 3))}
+    with_kernel = jax.jit(lambda p, s, g: aj.apply_step(tx, p, s, g, kernel=True))
+    xla = jax.jit(lambda p, s, g: aj.apply_step(tx, p, s, g, kernel=False))
+    state = tx.init(params)
+    assert "accel_jax_adam_f32" in with_kernel.lower(params, state, params).as_text()
+    a, sa, b, sb = params, state, params, state
+    for i in range(4):
+        g = {"w": jnp.cos(params["w"] + i)}
+        a, sa = with_kernel(a, sa, g)
+        b, sb = xla(b, sb, g)
+    for x, y in zip(jax.tree.leaves((a, sa)), jax.tree.leaves((b, sb)), strict=True):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)  # float32 rounding (FMAs)
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6 * float(np.max(np.abs(y)) or 1.0))

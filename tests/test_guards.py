@@ -115,3 +115,43 @@ def test_validation():
         aj.skip_non_finite(aj.sgd(0.1), max_consecutive_skips=-1)
     with pytest.raises(ValueError, match="max_consecutive_skips"):
         aj.skip_non_finite(aj.sgd(0.1), max_consecutive_skips=1.5)
+
+
+def test_a_skipped_step_keeps_negative_zero_on_every_path():
+    """Skipping selects the old params: -0.0 stays -0.0 (adding a +0.0 update would flip it)."""
+    tx = aj.skip_non_finite(aj.sgd(0.1, momentum=0.9))
+    params = {"w": jnp.array([-0.0, 1.0])}
+    bad = {"w": jnp.array([jnp.nan, 1.0])}
+    updates, _ = tx.update(bad, tx.init(params), params)
+    stepped = aj.apply_updates(params, updates)
+    assert np.signbit(np.asarray(stepped["w"]))[0]
+    for kernel in (False, None):
+        step = aj.make_step(tx, kernel=kernel)
+        p = {"w": jnp.array([-0.0, 1.0])}
+        p, state = step(p, tx.init(p), bad)
+        assert np.signbit(np.asarray(p["w"]))[0] and int(state.total_non_finite) == 1
+
+
+@pytest.mark.skipif(not aj.native_available(), reason="native kernels not built")
+@pytest.mark.parametrize("inner, kernel", [
+    (lambda: aj.adam(1e-2), "accel_jax_adam_f32"),
+    (lambda: aj.sgd(1e-2, momentum=0.9), "accel_jax_momentum_f32"),
+])
+def test_the_native_kernel_stays_in_use_inside_skip_non_finite(inner, kernel):
+    tx = aj.skip_non_finite(inner())
+    params = problems.layer_like_params()
+    with_kernel = jax.jit(lambda p, s, g: aj.apply_step(tx, p, s, g, kernel=True))
+    xla = jax.jit(lambda p, s, g: aj.apply_step(tx, p, s, g, kernel=False))
+    state = tx.init(params)
+    assert kernel in with_kernel.lower(params, state, params).as_text()
+    a, sa, b, sb = params, state, params, state
+    for i in range(4):
+        g = jax.tree.map(lambda x, i=i: jnp.cos(x + i), params)
+        if i == 2:  # a non-finite step: skipped on both paths
+            g = jax.tree.map(lambda x: x.at[(0,) * x.ndim].set(jnp.nan), g)
+        a, sa = with_kernel(a, sa, g)
+        b, sb = xla(b, sb, g)
+    for x, y in zip(jax.tree.leaves((a, sa)), jax.tree.leaves((b, sb)), strict=True):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)  # float32 rounding (FMAs)
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6 * float(np.max(np.abs(y)) or 1.0))
+    assert int(sa.total_non_finite) == 1

@@ -164,3 +164,49 @@ def test_states_without_hyperparams():
     # optax's inject_hyperparams keeps them under the same field name: read too.
     state = optax.inject_hyperparams(optax.adam)(learning_rate=0.1).init(PARAMS)
     assert float(aj.get_hyperparams(state)["learning_rate"]) == pytest.approx(0.1)
+
+
+def test_a_restored_state_keeps_its_hyperparameters_unless_asked():
+    """Resuming with another lr/momentum: the checkpoint's values by default (as torch),
+    the new optimizer's with with_hyperparams_of (as optax)."""
+    params = {"w": jnp.ones(2)}
+    old_tx = aj.sgd(0.1, momentum=0.9)
+    saved = old_tx.init(params)
+    for _ in range(2):
+        _, saved = old_tx.update({"w": jnp.ones(2)}, saved, params)
+    new_tx = aj.sgd(0.01, momentum=0.5)
+    kept = aj.get_hyperparams(saved)
+    assert float(kept["learning_rate"]) == pytest.approx(0.1)
+    assert float(kept["momentum"]) == pytest.approx(0.9)
+    updates, _ = new_tx.update({"w": jnp.ones(2)}, saved, params)  # the checkpoint's values
+    taken = aj.with_hyperparams_of(saved, new_tx.init(params))
+    hp = aj.get_hyperparams(taken)
+    assert float(hp["learning_rate"]) == pytest.approx(0.01)
+    assert float(hp["momentum"]) == pytest.approx(0.5)
+    np.testing.assert_array_equal(taken[0].trace["w"], saved[0].trace["w"])  # moments kept
+    assert int(taken[0].count) == 2
+    new_updates, _ = new_tx.update({"w": jnp.ones(2)}, taken, params)
+    # velocity 1.9 -> 0.5 * 1.9 + 1 = 1.95, times the new lr (0.9 * 1.9 + 1 = 2.71 times 0.1 before)
+    np.testing.assert_allclose(updates["w"], -0.1 * 2.71, rtol=1e-6)
+    np.testing.assert_allclose(new_updates["w"], -0.01 * 1.95, rtol=1e-6)
+
+
+def test_with_hyperparams_of_names_a_structure_mismatch():
+    params = {"w": jnp.ones(2)}
+    with pytest.raises(ValueError, match="with_hyperparams_of"):
+        aj.with_hyperparams_of(aj.adam(0.1).init(params), aj.sgd(0.1, momentum=0.9).init(params))
+
+
+def test_one_array_given_for_several_hyperparameters_makes_distinct_buffers():
+    """An array passed to two constructors, or set in two groups, must not become one buffer
+    under two state fields (make_step, donating, would fail) nor be donated itself."""
+    params = {"a": jnp.ones(2), "b": jnp.ones(2)}
+    grads = {"a": jnp.ones(2), "b": jnp.ones(2)}
+    lr = jnp.asarray(0.1)
+    tx = aj.partition({"x": aj.sgd(lr), "y": aj.sgd(lr)}, {"a": "x", "b": "y"})
+    state = aj.set_hyperparams(tx.init(params), learning_rate=jnp.asarray(0.3))
+    leaves = [x.unsafe_buffer_pointer() for x in jax.tree.leaves(state)]
+    assert len(set(leaves)) == len(leaves)
+    new_params, _ = aj.make_step(tx)(params, state, grads)
+    np.testing.assert_allclose(new_params["a"], 0.7, rtol=1e-6)
+    assert float(lr) == pytest.approx(0.1)  # the caller's array is not donated

@@ -11,13 +11,15 @@ from accel_jax import _validation as v
 from accel_jax.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
+    as_array_leaf,
     check_structure,
     compute_dtype,
     is_trainable,
     leafwise,
     zeros_like_tree,
 )
-from accel_jax.transforms.guards import run_inner_if
+from accel_jax.fused import forward_kernel_step
+from accel_jax.transforms.guards import run_inner_if, select_step
 
 
 class AccumulateGradientsState(NamedTuple):
@@ -28,7 +30,7 @@ class AccumulateGradientsState(NamedTuple):
     of the wrapped optimizer.
     """
 
-    micro_step: jax.Array  # int32, in [0, every_k)
+    micro_step: jax.Array  # int32, in [0, every_k) (more after a restore: emits at once)
     inner_state: Any
     mean_grads: Any
 
@@ -58,9 +60,10 @@ def accumulate_gradients(
     >>> state = tx.init(params)
     >>> u1, state = tx.update({"w": jnp.array([1.0])}, state, params)
     >>> u2, state = tx.update({"w": jnp.array([3.0])}, state, params)
-    >>> u1["w"].tolist(), u2["w"].tolist()
-    ([0.0], [-2.0])
+    >>> u1["w"].tolist(), u2["w"].tolist()      # -0.0: adding it changes no bit
+    ([-0.0], [-2.0])
     """
+    v.check_transformation("inner", inner)
     v.check_number("every_k", every_k, lo=1, integer=True)
     v.check_dtype("acc_dtype", acc_dtype)
     every_k = int(every_k)
@@ -70,7 +73,8 @@ def accumulate_gradients(
             jnp.zeros([], jnp.int32), inner.init(params), zeros_like_tree(params, acc_dtype)
         )
 
-    def update_fn(updates, state, params=None, **extra_args):
+    def accumulate(updates, state):
+        updates = jax.tree.map(as_array_leaf, updates)
         check_structure(updates, state.mean_grads, "the optimizer state (mean_grads)")
         count = state.micro_step + 1
 
@@ -80,17 +84,35 @@ def accumulate_gradients(
             return (m + (g.astype(dt) - m) / count.astype(dt)).astype(a.dtype)
 
         means = jax.tree.map(leafwise(running_mean, keep=1), updates, state.mean_grads)
-        emit = state.micro_step == every_k - 1
+        # ">=", not "==": a state restored into a smaller every_k (micro_step past the
+        # end) emits at once instead of never again (as optax.MultiSteps).
+        emit = state.micro_step >= every_k - 1
         # The inner optimizer sees the gradients' dtypes; leaves it does not act on (float0
         # gradients of integer params) pass as given.
         inner_in = jax.tree.map(
             lambda g, a: a.astype(g.dtype) if is_trainable(g) else g, updates, means
         )
+        reset = jax.tree.map(leafwise(lambda a: jnp.where(emit, jnp.zeros_like(a), a)), means)
+        micro_step = jnp.where(emit, 0, count).astype(jnp.int32)
+        return emit, inner_in, micro_step, reset
+
+    def update_fn(updates, state, params=None, **extra_args):
+        v.check_state(state, AccumulateGradientsState, tx, updates)
+        emit, inner_in, micro_step, reset = accumulate(updates, state)
         updates, inner_state = run_inner_if(
             emit, inner, inner_in, state.inner_state, params, extra_args
         )
-        reset = jax.tree.map(leafwise(lambda a: jnp.where(emit, jnp.zeros_like(a), a)), means)
-        micro_step = jnp.where(emit, 0, count).astype(jnp.int32)
         return updates, AccumulateGradientsState(micro_step, inner_state, reset)
 
-    return GradientTransformationExtraArgs(init_fn, update_fn)
+    def wrap_kernel_step(inner_step):
+        def step(params, state, grads, extra_args, required):
+            emit, inner_in, micro_step, reset = accumulate(grads, state)
+            new_params, inner_state = select_step(
+                emit, inner_step, params, state.inner_state, inner_in, extra_args, required
+            )
+            return new_params, AccumulateGradientsState(micro_step, inner_state, reset)
+
+        return step
+
+    tx = GradientTransformationExtraArgs(init_fn, update_fn)
+    return forward_kernel_step(tx, inner, wrap_kernel_step)

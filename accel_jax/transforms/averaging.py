@@ -71,8 +71,11 @@ def average_params(
 
     def init_fn(params):
         def copy(w):
+            # A new buffer, never the param array itself: a donated step must not see
+            # one buffer twice (as params and as state).
             w = jnp.asarray(w)
-            return w.astype(average_dtype if average_dtype is not None else w.dtype)
+            return jnp.array(w, dtype=average_dtype if average_dtype is not None else w.dtype,
+                             copy=True)
 
         average = jax.tree.map(leafwise(copy), params)
         return AverageParamsState(jnp.zeros([], jnp.int32), init_hyperparams(**specs), average)
