@@ -347,6 +347,7 @@ def with_sharded_init(
     applying it never changes the model's sharding; with ``mode="zero1"`` that
     constraint is the all-gather of the update shards.
     """
+    v.check_transformation("tx", tx)
     known: dict[str, Any] = {}
 
     def init_fn(params):

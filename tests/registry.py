@@ -140,9 +140,7 @@ FACTORIES: dict[str, Entry] = {
 
 #: Rules a public transformation does not keep yet (test, entry) -> why; the test skips it
 #: with this reason. Remove an entry once its owner fixes it (issue 10 follow-ups).
-KNOWN_GAPS: dict[tuple[str, str], str] = {
-    ("inner", "with_sharded_init[adam]"): "tx is not validated yet (owner: sharding.py)",
-}
+KNOWN_GAPS: dict[tuple[str, str], str] = {}
 # offload_state needs device shardings: covered by tests/test_sharding.py.
 NOT_IN_REGISTRY = {"offload_state"}
 
