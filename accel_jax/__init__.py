@@ -110,16 +110,95 @@ from accel_jax.transforms.quantized import (
 )
 
 # --- frontier optimizers (issue 12): one block per family, in this order ---
-# (radam / nadamw / adadelta)
+# (radam / nadamw / adadelta / lion)
+from accel_jax.optimizers import adadelta, lion, nadamw, radam
+from accel_jax.transforms.adadelta import ScaleByAdadeltaState, scale_by_adadelta
+from accel_jax.transforms.rectified import scale_by_radam
+from accel_jax.transforms.sign import ScaleByLionState, scale_by_lion
 # (muon)
+from accel_jax.optimizers import muon
+from accel_jax.transforms.orthogonal import (
+    NS_COEFFS_PRESETS,
+    MuonDimensionNumbers,
+    ScaleByMuonState,
+    ScaleByShapeState,
+    orthogonalize,
+    scale_by_muon,
+    scale_by_shape,
+)
 # (adafactor, lamb, lars, scale_by_trust_ratio)
-# (schedule-free, lion)
+from accel_jax.optimizers import adafactor, lamb, lars
+from accel_jax.transforms.factored import (
+    FactoredState,
+    ScaleByRelativeStepState,
+    clip_by_block_rms,
+    scale_by_factored_rms,
+    scale_by_param_block_rms,
+    scale_by_relative_step,
+)
+from accel_jax.transforms.trust_ratio import ScaleByTrustRatioState, scale_by_trust_ratio
+# (schedule-free)
+from accel_jax.optimizers import schedule_free_adamw, schedule_free_sgd
+from accel_jax.transforms.schedule_free import (
+    ScaleByRmsDebiasedState,
+    ScheduleFreeAveraging,
+    ScheduleFreeState,
+    scale_by_rms_debiased,
+    schedule_free,
+    schedule_free_eval_params,
+)
 
 # --- optax drop-in (issue 11) ---
+from accel_jax.base import incremental_update, periodic_update
+from accel_jax.combine import named_chain, selective_transform
+from accel_jax.optimizers.adam import adamaxw
+from accel_jax.schedules_optax import (
+    cosine_decay_schedule,
+    piecewise_constant_schedule,
+    piecewise_interpolate_schedule,
+    warmup_constant_schedule,
+    warmup_cosine_decay_schedule,
+    warmup_exponential_decay_schedule,
+)
+from accel_jax.transforms.conditional import (
+    ApplyEvery,
+    ApplyIfFiniteState,
+    ConditionallyMaskState,
+    ConditionallyTransformState,
+    apply_every,
+    apply_if_finite,
+    conditionally_mask,
+    conditionally_transform,
+)
+from accel_jax.transforms.constraints import (
+    NonNegativeParamsState,
+    ZeroNansState,
+    keep_params_nonnegative,
+    zero_nans,
+)
+from accel_jax.transforms.layout import flatten
+from accel_jax.transforms.lookahead import LookaheadState, lookahead
+from accel_jax.transforms.noise import AddNoiseState, add_noise
+from accel_jax.transforms.scaling import ScaleByScheduleState, centralize, scale_by_schedule
+from accel_jax.transforms.spike import SkipGradientSpikesState, skip_gradient_spikes
+from accel_jax.multi_steps import (
+    MultiSteps,
+    MultiStepsState,
+    skip_large_updates,
+    skip_not_finite,
+)
+from accel_jax.transforms.plateau_optax import ReduceLROnPlateauState
 
 # --- trust (issue 10) ---
+from accel_jax.hyperparams import checkify_hyperparams, with_hyperparams_of
 
 # --- scale out (issue 14) ---
+from accel_jax.sharding import (
+    offload_state,
+    sharded_init,
+    state_shardings,
+    with_sharded_init,
+)
 
 __version__ = "0.1.0"
 
@@ -130,3 +209,12 @@ __all__ = sorted(
     for name, value in globals().items()
     if not name.startswith("_") and not isinstance(value, _types.ModuleType)
 )
+
+
+def __getattr__(name: str):
+    # ``aj.flax`` (Flax drop-ins, accel_jax/integrations/flax.py) imports Flax on first use.
+    if name == "flax":
+        import importlib
+
+        return importlib.import_module("accel_jax.integrations.flax")
+    raise AttributeError(f"module 'accel_jax' has no attribute {name!r}")

@@ -14,6 +14,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 GradientTransformation = optax.GradientTransformation
@@ -72,6 +73,23 @@ def is_trainable(x: Any) -> bool:
     return hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)
 
 
+def as_array_leaf(x: Any) -> Any:
+    """A Python ``float``/``complex`` leaf as a 0-d array (treated like one); else ``x``."""
+    if isinstance(x, (float, complex)):
+        return jnp.asarray(x)
+    return x
+
+
+def is_zero_literal(x: Any) -> bool:
+    """True for a Python or NumPy number equal to 0 (never for an array or a tracer).
+
+    Builders decide on their chain's structure only from such literals: optax's
+    ``inject_hyperparams`` passes every number as an array, so a hyperparameter's
+    *value* must never steer Python control flow.
+    """
+    return isinstance(x, (int, float, np.number)) and not isinstance(x, bool) and x == 0
+
+
 def leafwise(fn: Callable[..., Any], keep: int = 0) -> Callable[..., Any]:
     """Wraps a per-leaf function so leaves that are not trainable pass through.
 
@@ -82,6 +100,7 @@ def leafwise(fn: Callable[..., Any], keep: int = 0) -> Callable[..., Any]:
     """
 
     def wrapped(g, *rest):
+        g, rest = as_array_leaf(g), tuple(as_array_leaf(r) for r in rest)
         if not is_trainable(g):
             return (g, *rest)[keep]
         return fn(g, *rest)
@@ -90,6 +109,7 @@ def leafwise(fn: Callable[..., Any], keep: int = 0) -> Callable[..., Any]:
 
 
 def _state_dtype(p: Any, dtype: Any) -> Any:
+    p = jnp.asarray(p)
     return dtype if dtype is not None and jnp.issubdtype(p.dtype, jnp.inexact) else p.dtype
 
 
@@ -143,6 +163,11 @@ def check_structure(updates: Any, reference: Any, what: str) -> None:
                 f"(expected {w or '<root>'!s}). The updates must have the structure of "
                 "the params the optimizer state was initialised with."
             )
+    if len(got_paths) == len(want_paths):
+        raise ValueError(
+            f"updates do not match {what}: the trees have different node types "
+            f"({jax.tree.structure(updates)} vs {jax.tree.structure(reference)})."
+        )
     longer, label = (got_paths, "updates") if len(got_paths) > len(want_paths) else (
         want_paths,
         what,
@@ -177,12 +202,14 @@ def apply_updates(params: Params, updates: Updates) -> Params:
     [0.5, 0.5]
     """
 
+    if params is None:  # optax: nothing to update
+        return None
     check_structure(updates, params, "the params")
 
     def add(p, u):
         if u is None or p is None or not is_trainable(jnp.asarray(p)) or is_float0(u):
             return p
-        p = jnp.asarray(p)
+        p, u = jnp.asarray(p), jnp.asarray(u)
         return (p + u.astype(p.dtype)).astype(p.dtype)
 
     return jax.tree.map(add, params, updates, is_leaf=lambda x: x is None)
@@ -198,7 +225,7 @@ def moment_leaf(g: jax.Array, m: jax.Array, decay: jax.Array, order: int, dt: An
     else:
         x = jnp.abs(g) ** order
     d = decay.astype(dt)
-    return d * m.astype(dt) + (1 - d) * x
+    return d * m.astype(dt) + (1 - d) * x.astype(dt)  # |g|^2 is real: back to dt (complex)
 
 
 def update_moment(updates: Updates, moments: Any, decay: jax.Array, order: int) -> Any:
@@ -214,3 +241,32 @@ def update_moment(updates: Updates, moments: Any, decay: jax.Array, order: int) 
         return moment_leaf(g, m, decay, order, compute_dtype(g, m)).astype(m.dtype)
 
     return jax.tree.map(leafwise(moment, keep=1), updates, moments)
+
+
+def incremental_update(new_tensors: Any, old_tensors: Any, step_size: Any) -> Any:
+    """Polyak (exponential) averaging of two trees: ``step_size * new + (1 - step_size) * old``.
+
+    For a target network: ``target = incremental_update(online, target, 0.01)``.
+    ``None`` leaves stay ``None`` (optax's ``incremental_update``).
+
+    >>> import jax.numpy as jnp, accel_jax as aj
+    >>> aj.incremental_update(jnp.ones(1), jnp.zeros(1), 0.25).tolist()
+    [0.25]
+    """
+    return jax.tree.map(
+        lambda new, old: None if new is None else step_size * new + (1.0 - step_size) * old,
+        new_tensors, old_tensors, is_leaf=lambda x: x is None,
+    )
+
+
+def periodic_update(new_tensors: Any, old_tensors: Any, steps: Any, update_period: Any) -> Any:
+    """``new_tensors`` at the steps that are multiples of ``update_period``, else ``old_tensors``
+    (a periodically refreshed target network; optax's ``periodic_update``).
+
+    >>> import jax.numpy as jnp, accel_jax as aj
+    >>> aj.periodic_update(jnp.ones(1), jnp.zeros(1), 4, 2).tolist()
+    [1.0]
+    """
+    return jax.lax.cond(
+        jnp.mod(steps, update_period) == 0, lambda: new_tensors, lambda: old_tensors
+    )

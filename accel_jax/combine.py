@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, NamedTuple
 
@@ -50,8 +51,13 @@ def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArg
                 f"{len(transforms)} transformations; was it initialised by this chain?"
             )
         new_states = []
-        for tx, s in zip(transforms, state, strict=True):
-            updates, s = _call_update(tx, updates, s, params, extra_args)
+        for i, (tx, s) in enumerate(zip(transforms, state, strict=True)):
+            try:
+                updates, s = _call_update(tx, updates, s, params, extra_args)
+            except AttributeError as e:  # another transformation's state (a wrong checkpoint)
+                from accel_jax._validation import state_mismatch
+
+                raise state_mismatch(f"[{i}]", tx, s, updates) from e
             new_states.append(s)
         return updates, tuple(new_states)
 
@@ -97,40 +103,82 @@ def mask_flags(mask: Any, tree: Any) -> list[bool]:
     return [bool(f) for f in flags]
 
 
+def is_params_placeholder(params: Any) -> bool:
+    """True for the stand-in params ``optax.tree.map_params`` calls ``init`` with."""
+    return type(params).__name__ == "_ParamsPlaceholder"
+
+
+def is_mask_function(mask: Any) -> bool:
+    """True when ``mask`` is a function of the params (not a pytree, even a callable one)."""
+    leaves = jax.tree.leaves(jax.tree.map(callable, mask))
+    return bool(leaves) and all(leaves)
+
+
+def _mask_tree(tree: Any, mask_tree: Any) -> Any:
+    """``tree`` with every subtree under a False mask leaf replaced by ``MaskedNode()``."""
+    try:
+        return jax.tree.map(lambda m, t: t if m else MaskedNode(), mask_tree, tree)
+    except (ValueError, TypeError) as e:
+        raise ValueError(
+            f"mask must be a pytree with the structure of the params (or a prefix of it): {e}"
+        ) from None
+
+
 def masked(
-    inner: GradientTransformation, mask: Any | Callable[[Any], Any]
+    inner: GradientTransformation,
+    mask: Any | Callable[[Any], Any],
+    *,
+    mask_compatible_extra_args: bool = False,
 ) -> GradientTransformationExtraArgs:
     """Applies ``inner`` to the leaves where ``mask`` is True; the others pass through.
 
     ``mask`` is a pytree of bools shaped like the params (or a prefix of it, e.g.
-    ``{"encoder": False, "head": True}``), or a function of the params returning
-    one. The inner state covers the selected leaves only.
-    """
+    ``{"encoder": False, "head": True}``), or a function of the params (of the
+    updates, in ``update``, as in optax) returning one. The inner state covers the
+    selected leaves; the others are ``MaskedNode()`` in it (optax's layout, so
+    masks nest and ``optax.tree.map_params`` works). With
+    ``mask_compatible_extra_args`` an extra argument of ``update`` shaped like
+    the updates is masked too.
 
-    def select(tree, mask_tree):
-        treedef = jax.tree.structure(tree)
-        leaves = jax.tree.leaves(tree)
-        flags = mask_flags(mask_tree, tree)
-        chosen = [leaf if f else MaskedNode() for leaf, f in zip(leaves, flags, strict=True)]
-        return treedef, flags, jax.tree.unflatten(treedef, chosen)
+    >>> import jax.numpy as jnp, accel_jax as aj
+    >>> tx = aj.masked(aj.scale(-1.0), {"w": True, "b": False})
+    >>> u, _ = tx.update({"w": jnp.ones(1), "b": jnp.ones(1)}, tx.init(None))
+    >>> u["w"].tolist(), u["b"].tolist()
+    ([-1.0], [1.0])
+    """
+    from accel_jax._validation import check_transformation
+
+    check_transformation("inner", inner)
+    from accel_jax._validation import check_flags
+
+    check_flags(mask_compatible_extra_args=mask_compatible_extra_args)
+
+    def resolve(tree):
+        return mask(tree) if is_mask_function(mask) else mask
 
     def init_fn(params):
-        _, _, chosen = select(params, _resolve(mask, params))
-        return MaskedState(inner.init(chosen))
+        if params is None or is_params_placeholder(params):
+            return MaskedState(inner.init(params))
+        return MaskedState(inner.init(_mask_tree(params, resolve(params))))
 
     def update_fn(updates, state, params=None, **extra_args):
-        mask_tree = _resolve(mask, updates if params is None else params)
-        treedef, flags, chosen_updates = select(updates, mask_tree)
-        chosen_params = None if params is None else select(params, mask_tree)[2]
+        mask_tree = resolve(updates)
+        chosen_updates = _mask_tree(updates, mask_tree)
+        chosen_params = None if params is None else _mask_tree(params, mask_tree)
+        if mask_compatible_extra_args:
+            structure = jax.tree.structure(updates)
+            extra_args = {
+                k: _mask_tree(v, mask_tree) if jax.tree.structure(v) == structure else v
+                for k, v in extra_args.items()
+            }
         new_chosen, inner_state = _call_update(
             inner, chosen_updates, state.inner_state, chosen_params, extra_args
         )
-        new_leaves = jax.tree.leaves(new_chosen, is_leaf=lambda x: isinstance(x, MaskedNode))
-        merged = [
-            new if flag else old
-            for old, new, flag in zip(jax.tree.leaves(updates), new_leaves, flags, strict=True)
-        ]
-        return jax.tree.unflatten(treedef, merged), MaskedState(inner_state)
+        merged = jax.tree.map(
+            lambda m, new, old: new if m else old, mask_tree, new_chosen, updates,
+            is_leaf=lambda x: isinstance(x, MaskedNode),
+        )
+        return merged, MaskedState(inner_state)
 
     return GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -144,8 +192,10 @@ class PartitionState(NamedTuple):
 def partition(
     transforms: Mapping[Hashable, GradientTransformation],
     param_labels: Any | Callable[[Any], Any],
+    *,
+    mask_compatible_extra_args: bool = False,
 ) -> GradientTransformationExtraArgs:
-    """Different transformations for different parameter groups.
+    """Different transformations for different parameter groups (optax's ``partition``).
 
     ``param_labels`` is a pytree of labels shaped like the params (or a prefix of
     it), or a function of the params returning one; :func:`path_labels` builds
@@ -161,10 +211,22 @@ def partition(
     ([-0.1, -0.1], [0.0])
     """
     transforms = dict(transforms)
+    from accel_jax._validation import check_transformation
+
+    for label, t in transforms.items():
+        check_transformation(f"transforms[{label!r}]", t)
+    from accel_jax._validation import check_flags
+
+    check_flags(mask_compatible_extra_args=mask_compatible_extra_args)
+    _masked = functools.partial(masked, mask_compatible_extra_args=mask_compatible_extra_args)
 
     def masks(params):
         labels_tree = _resolve(param_labels, params)
-        labels = _broadcast_to_leaves(labels_tree, params, "param_labels")
+        if is_params_placeholder(params):
+            return {key: jax.tree.map(lambda lb, k=key: lb == k, labels_tree) for key in transforms}
+        # None params have no leaf (nor a label): keep the labels of the real leaves only.
+        labels = [lb for lb in _broadcast_to_leaves(labels_tree, params, "param_labels")
+                  if lb is not None]
         leaves_with_path = jax.tree_util.tree_flatten_with_path(params)[0]
         for (path, _), label in zip(leaves_with_path, labels, strict=False):
             if label not in transforms:
@@ -181,14 +243,14 @@ def partition(
     def init_fn(params):
         m = masks(params)
         return PartitionState(
-            {key: masked(tx, m[key]).init(params) for key, tx in transforms.items()}
+            {key: _masked(tx, m[key]).init(params) for key, tx in transforms.items()}
         )
 
     def update_fn(updates, state, params=None, **extra_args):
         m = masks(updates if params is None else params)
         new_states = {}
         for key, tx in transforms.items():
-            updates, new_states[key] = masked(tx, m[key]).update(
+            updates, new_states[key] = _masked(tx, m[key]).update(
                 updates, state.inner_states[key], params, **extra_args
             )
         return updates, PartitionState(new_states)
@@ -231,3 +293,52 @@ def freeze(mask: Any | Callable[[Any], Any] | None = None) -> GradientTransforma
 
     tx = stateless(lambda updates, params: jax.tree.map(leafwise(jnp.zeros_like), updates))
     return tx if mask is None else masked(tx, mask)
+
+
+def selective_transform(
+    optimizer: GradientTransformation, *, freeze_mask: Any
+) -> GradientTransformationExtraArgs:
+    """``optimizer`` on the leaves where ``freeze_mask`` is False; zero updates (and no
+    optimizer state) where it is True. ``freeze_mask`` is a bool or a pytree of bools
+    (a prefix of the params); optax's ``selective_transform``.
+
+    >>> import jax.numpy as jnp, accel_jax as aj
+    >>> tx = aj.selective_transform(aj.sgd(1.0), freeze_mask={"w": False, "b": True})
+    >>> p = {"w": jnp.ones(1), "b": jnp.ones(1)}
+    >>> u, _ = tx.update(p, tx.init(p), p)
+    >>> u["w"].tolist(), u["b"].tolist()
+    ([-1.0], [0.0])
+    """
+    from accel_jax._validation import check_transformation
+
+    check_transformation("optimizer", optimizer)
+
+    def labels(params):
+        del params
+        return jax.tree.map(lambda m: "freeze" if m else "train", freeze_mask)
+
+    return partition({"train": optimizer, "freeze": freeze()}, labels)
+
+
+def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTransformationExtraArgs:
+    """:func:`chain` whose state is a dict keyed by the given names (optax's ``named_chain``).
+
+    >>> import jax.numpy as jnp, accel_jax as aj
+    >>> tx = aj.named_chain(("clip", aj.clip(1.0)), ("sgd", aj.sgd(0.5)))
+    >>> sorted(tx.init(jnp.zeros(1)))
+    ['clip', 'sgd']
+    """
+    names = [name for name, _ in transforms]
+    if len(names) != len(set(names)):
+        raise ValueError(f"named_chain: the names must be unique, got {names}.")
+
+    def init_fn(params):
+        return {name: tx.init(params) for name, tx in transforms}
+
+    def update_fn(updates, state, params=None, **extra_args):
+        new_state = {}
+        for name, tx in transforms:
+            updates, new_state[name] = _call_update(tx, updates, state[name], params, extra_args)
+        return updates, new_state
+
+    return GradientTransformationExtraArgs(init_fn, update_fn)

@@ -3,7 +3,9 @@
 A schedule is a closure ``schedule(step) -> jax.Array``. It is jit-safe with a
 traced integer step, works elementwise on an array of steps, and computes in the
 default float dtype (float32, or float64 under ``jax_enable_x64``). Arguments are
-validated when the schedule is built.
+validated when the schedule is built: a schedule's values are hyperparameter
+values (learning rates, momenta, decays), so a negative or non-finite start, end
+or peak value is refused (``cosine_decay(-0.01, ...)`` would be gradient ascent).
 
 **Step convention.** ``step`` is the number of updates already applied: 0 at the
 first update. This is ``optimizer.iterations`` in Keras and the value a torch
@@ -52,11 +54,16 @@ def _anneal(start, end, frac, strategy: str = "linear") -> jax.Array:
 
 def _fraction(step, steps, begin=0) -> jax.Array:
     """``clip((step - begin) / steps, 0, 1)``: the part of a transition completed."""
+    # Python ints as floats: a step count may exceed int32 (decay_steps=10**10).
+    steps, begin = (float(x) if isinstance(x, int) else x for x in (steps, begin))
     return jnp.clip((_float(step) - begin) / steps, 0.0, 1.0)
 
 
 def _check_steps(name: str, value) -> None:
-    v.check_number(name, value, lo=0.0, lo_open=True, integer=True)
+    """A positive whole number of steps (it may exceed int32: a schedule that never ends)."""
+    v.check_number(name, value, lo=0.0, lo_open=True)
+    if float(value) != int(value):
+        raise ValueError(f"{name} must be an integer, got {value!r}.")
 
 
 def _check_boundaries(boundaries: list) -> None:
@@ -73,7 +80,7 @@ def constant_schedule(value: float) -> Schedule:
     >>> float(aj.constant_schedule(0.1)(1000))  # doctest: +ELLIPSIS
     0.10000000149...
     """
-    v.check_number("value", value)
+    v.check_number("value", value, lo=0.0)
 
     def schedule(step):
         return jnp.full(jnp.shape(step), value, float_dtype())
@@ -93,7 +100,7 @@ def power_decay(init_value: float, decay_steps: float, power: float = 1.0) -> Sc
     >>> round(float(aj.power_decay(0.1, 100)(100)), 6)
     0.05
     """
-    v.check_number("init_value", init_value)
+    v.check_number("init_value", init_value, lo=0.0)
     v.check_number("decay_steps", decay_steps, lo=0.0, lo_open=True)
     v.check_number("power", power, lo=0.0)
 
@@ -104,28 +111,54 @@ def power_decay(init_value: float, decay_steps: float, power: float = 1.0) -> Sc
 
 
 def exponential_decay(
-    init_value: float, decay_steps: float, decay_rate: float, *, staircase: bool = False
+    init_value: float,
+    transition_steps: float | None = None,
+    decay_rate: float | None = None,
+    transition_begin: int = 0,
+    staircase: bool = False,
+    end_value: float | None = None,
+    *,
+    decay_steps: float | None = None,
 ) -> Schedule:
     """Exponential scheduling: ``eta(t) = eta0 * r**(t / s)`` (``staircase``: ``r**floor(t / s)``).
 
-    ``init_value`` is ``eta0``, ``decay_steps`` is ``s``, ``decay_rate`` is ``r``:
-    the rate is divided by ``1/r`` every ``s`` steps (the seeds' ``0.1**(t/s)`` is
-    ``r = 0.1``). Keras' ``ExponentialDecay`` with the same arguments; torch's
-    ``ExponentialLR(gamma)`` is ``exponential_decay(eta0, 1, gamma)``.
+    ``init_value`` is ``eta0``, ``transition_steps`` is ``s`` (``decay_steps`` is
+    accepted as an alias), ``decay_rate`` is ``r``: the rate is divided by ``1/r``
+    every ``s`` steps (the seeds' ``0.1**(t/s)`` is ``r = 0.1``). optax's
+    signature and meaning: the decay starts at ``transition_begin`` (``t`` above
+    is ``step - transition_begin``, the value before is ``eta0``) and stops at
+    ``end_value`` (a floor for ``r < 1``, a ceiling for ``r > 1``). Keras'
+    ``ExponentialDecay`` with the same arguments; torch's ``ExponentialLR(gamma)``
+    is ``exponential_decay(eta0, 1, gamma)``. Unlike optax, a non-positive
+    ``transition_steps`` or a zero ``decay_rate`` is a ``ValueError`` (optax
+    silently returns a constant schedule).
 
     >>> import accel_jax as aj
     >>> round(float(aj.exponential_decay(1.0, 10, 0.1)(20)), 6)
     0.01
     """
-    v.check_number("init_value", init_value)
-    v.check_number("decay_steps", decay_steps, lo=0.0, lo_open=True)
+    if (transition_steps is None) == (decay_steps is None):
+        raise TypeError("exponential_decay() takes one of transition_steps or decay_steps.")
+    if decay_rate is None:
+        raise TypeError("exponential_decay() needs decay_rate.")
+    steps = transition_steps if decay_steps is None else decay_steps
+    name = "transition_steps" if decay_steps is None else "decay_steps"
+    v.check_number("init_value", init_value, lo=0.0)
+    v.check_number(name, steps, lo=0.0, lo_open=True)
     v.check_number("decay_rate", decay_rate, lo=0.0, lo_open=True)
+    v.check_number("transition_begin", transition_begin, lo=0.0, integer=True)
+    if end_value is not None:
+        v.check_number("end_value", end_value, lo=0.0)
+    clip = jnp.maximum if decay_rate < 1.0 else jnp.minimum
 
     def schedule(step):
-        exponent = _float(step) / decay_steps
+        t = _float(step) - transition_begin
+        exponent = t / steps
         if staircase:
             exponent = jnp.floor(exponent)
-        return init_value * jnp.asarray(decay_rate, float_dtype()) ** exponent
+        value = init_value * jnp.asarray(decay_rate, float_dtype()) ** exponent
+        value = jnp.where(t <= 0, jnp.asarray(init_value, value.dtype), value)
+        return value if end_value is None else clip(value, end_value)
 
     return schedule
 
@@ -171,7 +204,7 @@ def piecewise_constant(boundaries: Sequence[int], values: Sequence[float]) -> Sc
         )
     _check_boundaries(boundaries)
     for i, x in enumerate(values):
-        v.check_number(f"values[{i}]", x)
+        v.check_number(f"values[{i}]", x, lo=0.0)
 
     def schedule(step):
         index = jnp.searchsorted(jnp.asarray(boundaries, float_dtype()), _float(step), side="right")
@@ -197,8 +230,8 @@ def polynomial_schedule(
     ``PolynomialLR(total_iters, power)`` is ``polynomial_schedule(eta0, 0.0,
     power, total_iters)``.
     """
-    v.check_number("init_value", init_value)
-    v.check_number("end_value", end_value)
+    v.check_number("init_value", init_value, lo=0.0)
+    v.check_number("end_value", end_value, lo=0.0)
     v.check_number("power", power, lo=0.0, lo_open=True)
     _check_steps("transition_steps", transition_steps)
     v.check_number("transition_begin", transition_begin, lo=0.0, integer=True)
@@ -227,11 +260,15 @@ def linear_schedule(
     return polynomial_schedule(init_value, end_value, 1.0, transition_steps, transition_begin)
 
 
-def cosine_decay(init_value: float, decay_steps: int, alpha: float = 0.0) -> Schedule:
+def cosine_decay(
+    init_value: float, decay_steps: int, alpha: float = 0.0, exponent: float = 1.0
+) -> Schedule:
     """Cosine decay from ``init_value`` to the floor ``alpha * init_value``::
 
         f = min(t, decay_steps) / decay_steps
-        eta(t) = eta0 * (alpha + (1 - alpha) * (1 + cos(pi * f)) / 2)
+        eta(t) = eta0 * (alpha + (1 - alpha) * ((1 + cos(pi * f)) / 2) ** exponent)
+
+    (optax's ``cosine_decay_schedule``, also exported under that name.)
 
     Holds the floor after ``decay_steps``: Keras' ``CosineDecay`` (warm-up:
     wrap it in :func:`warmup`) and optax's ``cosine_decay_schedule``. torch's
@@ -243,12 +280,17 @@ def cosine_decay(init_value: float, decay_steps: int, alpha: float = 0.0) -> Sch
     >>> [round(float(aj.cosine_decay(1.0, 2, alpha=0.1)(t)), 3) for t in range(4)]
     [1.0, 0.55, 0.1, 0.1]
     """
-    v.check_number("init_value", init_value)
+    v.check_number("init_value", init_value, lo=0.0)
     _check_steps("decay_steps", decay_steps)
-    v.check_number("alpha", alpha, lo=0.0, hi=1.0)
+    # alpha > 1 is a rise (as optax allows); alpha < 0 would end in a negative value.
+    v.check_number("alpha", alpha, lo=0.0)
+    v.check_number("exponent", exponent)
 
     def schedule(step):
-        return _anneal(init_value, alpha * init_value, _fraction(step, decay_steps), "cos")
+        if isinstance(exponent, (int, float)) and exponent == 1:
+            return _anneal(init_value, alpha * init_value, _fraction(step, decay_steps), "cos")
+        cosine = 0.5 * (1 + jnp.cos(jnp.pi * _fraction(step, decay_steps)))
+        return init_value * ((1 - alpha) * cosine**exponent + alpha)
 
     return schedule
 
@@ -306,7 +348,7 @@ def warmup(schedule: Schedule, warmup_steps: int, init_value: float = 0.0) -> Sc
     if not callable(schedule):
         raise ValueError(f"schedule must be a schedule (step -> value), got {schedule!r}.")
     _check_steps("warmup_steps", warmup_steps)
-    v.check_number("init_value", init_value)
+    v.check_number("init_value", init_value, lo=0.0)
 
     def ramp(step):
         return _anneal(init_value, schedule(jnp.zeros_like(step)), _fraction(step, warmup_steps))
@@ -337,7 +379,7 @@ def cosine_restarts(
     >>> [round(float(s(t)), 2) for t in range(5)]
     [1.0, 0.5, 1.0, 0.5, 1.0]
     """
-    v.check_number("init_value", init_value)
+    v.check_number("init_value", init_value, lo=0.0)
     _check_steps("first_decay_steps", first_decay_steps)
     v.check_number("t_mul", t_mul, lo=1.0)
     v.check_number("m_mul", m_mul, lo=0.0)
@@ -464,4 +506,3 @@ def one_cycle_momentum(
     hi, lo = max_momentum, base_momentum
     values = [hi, lo, hi, hi] if three_phase else [hi, lo, hi]
     return _along_knots(knots, values, anneal_strategy)
-

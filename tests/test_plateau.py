@@ -297,7 +297,8 @@ def test_missing_or_non_scalar_value_is_a_clear_error():
         (dict(accumulation_size=0), "accumulation_size"),
         (dict(mode="auto"), "mode"),
         (dict(threshold_mode="relative"), "threshold_mode"),
-        (dict(convention="optax"), "convention"),
+        (dict(convention="tf"), "convention"),
+        (dict(rtol=0.1, convention="torch"), "rtol"),
     ],
 )
 def test_bad_arguments_fail_at_construction(kwargs, name):

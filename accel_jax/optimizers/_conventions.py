@@ -52,6 +52,57 @@ DEFAULTS["adamw"] = {
     name: {**d, "weight_decay": wd}
     for (name, d), wd in zip(DEFAULTS["adam"].items(), (1e-4, 1e-2, 4e-3), strict=True)
 }
+# (radam / nadamw / adadelta / lion) -- torch.optim has no Lion, Keras no RAdam.
+DEFAULTS["radam"] = {
+    "optax": {"eps_before_bias_correction": False, "decoupled_weight_decay": False},
+    "torch": {"eps_before_bias_correction": True, "decoupled_weight_decay": False},
+}
+DEFAULTS["nadamw"] = {  # torch.optim.NAdam(decoupled_weight_decay=True), keras Nadam
+    name: {**d, "weight_decay": wd}
+    for (name, d), wd in zip(DEFAULTS["nadam"].items(), (1e-4, 0.0, 0.0), strict=True)
+}
+DEFAULTS["adadelta"] = {
+    "optax": {"rho": 0.9, "eps": 1e-6, "decoupled_weight_decay": False},
+    "torch": {"rho": 0.9, "eps": 1e-6, "decoupled_weight_decay": False},
+    "keras": {"rho": 0.95, "eps": 1e-7, "decoupled_weight_decay": True},
+}
+DEFAULTS["lion"] = {"optax": {"weight_decay": 1e-3}, "keras": {"weight_decay": 0.0}}
+
+_SF = {  # schedule-free: warmup counting, lr read for the averaging weights, weight power
+    "optax": {
+        "weight_lr_power": 2.0, "warmup_counts_current_step": False, "weight_lr_at_next_step": True
+    },
+    "schedulefree": {
+        "weight_lr_power": 2.0, "warmup_counts_current_step": True, "weight_lr_at_next_step": False
+    },
+    "keras": {
+        "weight_lr_power": 0.0, "warmup_counts_current_step": True, "weight_lr_at_next_step": False
+    },
+}
+DEFAULTS["schedule_free_adamw"] = _SF
+DEFAULTS["schedule_free_sgd"] = {k: _SF[k] for k in ("optax", "schedulefree")}
+# (adafactor, lamb, lars) -- torch.optim has no LAMB or LARS, Keras no LARS.
+DEFAULTS["lamb"] = {
+    "optax": {"eps": 1e-6, "weight_decay": 0.0, "weight_decay_in_trust_ratio": True},
+    "keras": {"eps": 1e-7, "weight_decay": 0.0, "weight_decay_in_trust_ratio": False},
+}
+DEFAULTS["lars"] = {"optax": {}}
+_AF = dict(relative_step=True, factor_last_two_dims=True, lr_in_weight_decay=True)
+DEFAULTS["adafactor"] = {
+    "optax": dict(
+        learning_rate=None, min_dim_size_to_factor=128, eps=1e-30, relative_step=False,
+        factor_last_two_dims=False, eps_in_moment=True, lr_in_weight_decay=False,
+        scale_after_weight_decay=False,
+    ),
+    "torch": dict(
+        _AF, learning_rate=1e-2, min_dim_size_to_factor=0, eps=None, eps_in_moment=False,
+        scale_after_weight_decay=False,
+    ),
+    "keras": dict(
+        _AF, learning_rate=1e-3, min_dim_size_to_factor=0, eps=1e-30, eps_in_moment=True,
+        scale_after_weight_decay=True,
+    ),
+}
 
 UNSET = "unset"  # marks "not given" where None is a meaningful value
 NONE_IS_A_VALUE = {"momentum_decay"}  # nadam: None means a constant momentum (optax)
@@ -64,5 +115,9 @@ def settings(optimizer: str, convention: str, **given: Any) -> dict[str, Any]:
     def unset(k, val):
         return val is UNSET or (val is None and k not in NONE_IS_A_VALUE)
 
-    return {k: (defaults[k] if unset(k, val) else val) for k, val in given.items()}
+    resolved = {k: (defaults[k] if unset(k, val) else val) for k, val in given.items()}
+    for k, val in resolved.items():  # a formula switch is a bool ("False" is not False)
+        if isinstance(defaults.get(k), bool):
+            v.check_bool(k, val)
+    return resolved
 

@@ -1,4 +1,4 @@
-"""Adam and its family: AdamW, AMSGrad, AdaMax, Nadam."""
+"""Adam and its family: AdamW, AMSGrad, AdaMax, AdaMaxW, Nadam, NAdamW."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from accel_jax.transforms.scaling import scale_by_learning_rate
 
 
 def _adam_scaling(s, b1, b2, eps_root, amsgrad, mu_dtype, nu_dtype, state_bits=32):
-    if state_bits != 32:
+    if state_bits not in (None, 32):
         from accel_jax.transforms.quantized import adam_8bit_scaling
 
         return adam_8bit_scaling(s, b1, b2, eps_root, amsgrad, mu_dtype, nu_dtype, state_bits)
@@ -61,7 +61,7 @@ def adam(
     amsgrad_max_of_corrected: bool | None = None,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
-    state_bits: int = 32,
+    state_bits: int | None = None,
     convention: str = "optax",
 ) -> GradientTransformationExtraArgs:
     """Adam (and AMSGrad with ``amsgrad=True``)::
@@ -94,6 +94,7 @@ def adam(
 
     References: Kingma & Ba, ICLR 2015; Reddi, Kale & Kumar, ICLR 2018.
     """
+    v.check_flags(amsgrad=amsgrad)
     s = settings(
         "adam",
         convention,
@@ -102,6 +103,7 @@ def adam(
         amsgrad_max_of_corrected=amsgrad_max_of_corrected,
     )
     v.check_rate("learning_rate", learning_rate)
+    state_bits = 32 if state_bits is None else state_bits  # None: not an injectable number
     tx = chain(
         _adam_scaling(s, b1, b2, eps_root, amsgrad, mu_dtype, nu_dtype, state_bits),
         scale_by_learning_rate(learning_rate),
@@ -126,7 +128,7 @@ def adamw(
     amsgrad_max_of_corrected: bool | None = None,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
-    state_bits: int = 32,
+    state_bits: int | None = None,
     convention: str = "optax",
 ) -> GradientTransformationExtraArgs:
     """AdamW: Adam with decoupled weight decay ``lambda``::
@@ -141,6 +143,7 @@ def adamw(
     {table}
     Reference: Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
     """
+    v.check_flags(amsgrad=amsgrad)
     s = settings(
         "adamw",
         convention,
@@ -150,6 +153,7 @@ def adamw(
         weight_decay=weight_decay,
     )
     v.check_rate("learning_rate", learning_rate)
+    state_bits = 32 if state_bits is None else state_bits  # None: not an injectable number
     tx = chain(
         _adam_scaling(s, b1, b2, eps_root, amsgrad, mu_dtype, nu_dtype, state_bits),
         add_decayed_weights(s["weight_decay"], mask),
@@ -193,6 +197,45 @@ def adamax(
     )
 
 
+
+def adamaxw(
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: float | None = None,
+    weight_decay: ScalarOrSchedule = 1e-4,
+    mask: Any | Callable[[Any], Any] | None = None,
+    *,
+    eps_in_max: bool | None = None,
+    mu_dtype: Any = None,
+    nu_dtype: Any = None,
+    convention: str = "optax",
+) -> GradientTransformationExtraArgs:
+    """AdaMax with decoupled weight decay (as AdamW is to Adam)::
+
+        w <- w - eta_t * (m_t / ((1 - b1^t) * v_t) + lambda * w)
+
+    ``mask`` selects the leaves that decay; other arguments as :func:`adamax`.
+
+    >>> import jax.numpy as jnp, accel_jax as aj
+    >>> tx = aj.adamaxw(0.1, weight_decay=0.5)
+    >>> p = jnp.ones(1)
+    >>> round(float(tx.update(jnp.ones(1), tx.init(p), p)[0][0]), 4)  # -0.1 * (1 + 0.5)
+    -0.15
+
+    Reference: Loshchilov & Hutter, ICLR 2019 (decoupling); Kingma & Ba, ICLR 2015.
+    """
+    s = settings("adamax", convention, eps=eps, eps_in_max=eps_in_max)
+    v.check_rate("learning_rate", learning_rate)
+    return chain(
+        scale_by_adamax(
+            b1, b2, s["eps"], eps_in_max=s["eps_in_max"], mu_dtype=mu_dtype, nu_dtype=nu_dtype
+        ),
+        add_decayed_weights(weight_decay, mask),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
 def nadam(
     learning_rate: ScalarOrSchedule,
     b1: ScalarOrSchedule = 0.9,
@@ -223,5 +266,54 @@ def nadam(
             b1, b2, s["eps"], eps_root, momentum_decay=s["momentum_decay"],
             mu_dtype=mu_dtype, nu_dtype=nu_dtype,
         ),
+        scale_by_learning_rate(learning_rate),
+    )
+
+
+def nadamw(
+    learning_rate: ScalarOrSchedule,
+    b1: ScalarOrSchedule = 0.9,
+    b2: ScalarOrSchedule = 0.999,
+    eps: float | None = None,
+    eps_root: float = 0.0,
+    mu_dtype: Any = None,
+    weight_decay: ScalarOrSchedule | None = None,
+    mask: Any | Callable[[Any], Any] | None = None,
+    *,
+    momentum_decay: Any = UNSET,
+    nu_dtype: Any = None,
+    convention: str = "optax",
+) -> GradientTransformationExtraArgs:
+    """NAdamW: Nadam with decoupled weight decay ``lambda``::
+
+        w <- w - eta_t * (m_hat / (sqrt(v_hat + eps_root) + eps) + lambda * w)
+
+    with Nadam's ``m_hat`` (:func:`nadam`), on the leaves ``mask`` selects. Positional
+    arguments in ``optax.nadamw``'s order (``mu_dtype`` before ``weight_decay``).
+    Works on flat params (:func:`accel_jax.flatten_params`): per element.
+    ``optax.nadamw``; ``torch.optim.NAdam(decoupled_weight_decay=True)``; Keras'
+    ``Nadam(weight_decay=...)`` (its base optimizer decays decoupled). Defaults per
+    ``convention``: ``weight_decay`` 1e-4 (optax), 0 (torch, keras: pass it);
+    ``momentum_decay`` None / 0.004 / 1.0; ``eps`` 1e-8 / 1e-8 / 1e-7.
+
+    >>> import jax.numpy as jnp, accel_jax as aj
+    >>> tx = aj.nadamw(0.1, weight_decay=0.5)
+    >>> params = {"w": jnp.array([2.0])}
+    >>> u, state = tx.update({"w": jnp.array([0.0])}, tx.init(params), params)
+    >>> round(float(u["w"][0]), 6)  # zero gradient: only the decay, -eta * lambda * w
+    -0.1
+
+    Reference: Loshchilov & Hutter, ICLR 2019; Dozat, ICLR workshop 2016.
+    """
+    s = settings(
+        "nadamw", convention, eps=eps, momentum_decay=momentum_decay, weight_decay=weight_decay
+    )
+    v.check_rate("learning_rate", learning_rate)
+    return chain(
+        scale_by_nadam(
+            b1, b2, s["eps"], eps_root, momentum_decay=s["momentum_decay"],
+            mu_dtype=mu_dtype, nu_dtype=nu_dtype,
+        ),
+        add_decayed_weights(s["weight_decay"], mask),
         scale_by_learning_rate(learning_rate),
     )

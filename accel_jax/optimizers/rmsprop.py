@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from accel_jax import _validation as v
-from accel_jax.base import GradientTransformationExtraArgs, ScalarOrSchedule
+from accel_jax.base import GradientTransformationExtraArgs, ScalarOrSchedule, is_zero_literal
 from accel_jax.combine import chain
 from accel_jax.optimizers._conventions import settings
 from accel_jax.optimizers._kernels import with_rms_kernel
@@ -64,6 +64,7 @@ def rmsprop(
 
     Reference: Hinton, Coursera "Neural Networks for Machine Learning", lecture 6e.
     """
+    v.check_flags(centered=centered, nesterov=nesterov)
     s = settings(
         "rmsprop",
         convention,
@@ -73,9 +74,11 @@ def rmsprop(
         lr_in_momentum=lr_in_momentum,
     )
     v.check_rate("learning_rate", learning_rate)
-    use_momentum = momentum is not None and (callable(momentum) or momentum != 0)
+    use_momentum = momentum is not None and not (
+        is_zero_literal(momentum) and convention != "optax"
+    )
     if nesterov and not use_momentum:
-        raise ValueError("nesterov=True needs a momentum in (0, 1), got momentum=None.")
+        raise ValueError(f"nesterov=True needs a momentum in (0, 1], got momentum={momentum!r}.")
     kwargs = dict(eps_in_sqrt=s["eps_in_sqrt"], initial_scale=initial_scale, nu_dtype=nu_dtype)
     if centered:
         scaling = scale_by_stddev(s["decay"], s["eps"], mu_dtype=mu_dtype, **kwargs)

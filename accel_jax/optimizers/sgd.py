@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from accel_jax import _validation as v
-from accel_jax.base import GradientTransformationExtraArgs, ScalarOrSchedule
+from accel_jax.base import GradientTransformationExtraArgs, ScalarOrSchedule, is_zero_literal
 from accel_jax.combine import chain
 from accel_jax.optimizers._conventions import settings
 from accel_jax.optimizers._kernels import with_momentum_kernel
@@ -18,11 +18,12 @@ def sgd(
     learning_rate: ScalarOrSchedule,
     momentum: ScalarOrSchedule | None = None,
     nesterov: bool = False,
-    weight_decay: ScalarOrSchedule = 0.0,
+    weight_decay: ScalarOrSchedule | None = None,
     *,
     decoupled_weight_decay: bool | None = None,
     lr_in_momentum: bool | None = None,
     mu_dtype: Any = None,
+    accumulator_dtype: Any = None,
     convention: str = "optax",
 ) -> GradientTransformationExtraArgs:
     """Stochastic gradient descent, with optional momentum, Nesterov momentum and weight decay.
@@ -37,7 +38,9 @@ def sgd(
     ``v_t = beta * v_{t-1} - eta_t * g_t;  w <- w + v_t``; the two agree for a
     constant rate and differ when it changes. ``decoupled_weight_decay=True``
     subtracts ``eta_t * lambda * w`` outside the momentum (Keras' ``weight_decay``).
-    ``momentum=None`` (or 0) is plain gradient descent. On CPU,
+    ``momentum=None`` is plain gradient descent (so is a literal ``0`` outside the optax
+    convention; optax keeps a zero-momentum trace in the state). ``accumulator_dtype``
+    is optax's name for ``mu_dtype``. On CPU,
     :func:`accel_jax.make_step` / :func:`accel_jax.apply_step` run SGD with momentum
     and no weight decay as one native pass over memory (``docs/performance.md``).
     Defaults per ``convention``:
@@ -58,6 +61,7 @@ def sgd(
 
     References: Polyak 1964; Sutskever et al., ICML 2013.
     """
+    v.check_flags(nesterov=nesterov)
     s = settings(
         "sgd",
         convention,
@@ -65,13 +69,18 @@ def sgd(
         decoupled_weight_decay=decoupled_weight_decay,
     )
     v.check_rate("learning_rate", learning_rate)
-    v.check_number("weight_decay", weight_decay, lo=0.0, allow_schedule=True)
-    use_momentum = momentum is not None and (callable(momentum) or momentum != 0)
+    if weight_decay is not None:
+        v.check_number("weight_decay", weight_decay, lo=0.0, allow_schedule=True)
+    mu_dtype = mu_dtype if accumulator_dtype is None else accumulator_dtype
+    # Structure from literals only: inject_hyperparams passes numbers as arrays.
+    use_momentum = momentum is not None and not (
+        is_zero_literal(momentum) and convention != "optax"
+    )
     if nesterov and not use_momentum:
-        raise ValueError("nesterov=True needs a momentum in (0, 1), got momentum=None.")
+        raise ValueError(f"nesterov=True needs a momentum in (0, 1], got momentum={momentum!r}.")
     steps: list = []
     coupled = not s["decoupled_weight_decay"]
-    use_decay = callable(weight_decay) or weight_decay != 0
+    use_decay = weight_decay is not None and not is_zero_literal(weight_decay)
     if use_decay and coupled:
         steps.append(add_decayed_weights(weight_decay))
     velocity = [trace(momentum, nesterov=nesterov, mu_dtype=mu_dtype)] if use_momentum else []

@@ -75,6 +75,7 @@ def scale_by_adagrad(
     With ``eps=0`` a coordinate whose accumulator is still 0 gets a 0 update
     (instead of 0/0).
     """
+    v.check_flags(eps_in_sqrt=eps_in_sqrt)
     v.check_number("initial_accumulator_value", initial_accumulator_value, lo=0.0)
     v.check_eps("eps", eps)
     v.check_dtype("nu_dtype", nu_dtype)
@@ -98,8 +99,9 @@ def scale_by_adagrad(
             dt = compute_dtype(g, s)
             s = s.astype(dt)
             u = g.astype(dt) / _denominator(s, jnp.asarray(eps, dt), eps_in_sqrt)
-            if eps == 0:
-                u = jnp.where(s > 0, u, jnp.zeros_like(u))
+            # s == 0 only where every gradient so far was 0 (u = 0, not 0/0 when eps = 0);
+            # no Python branch on eps: inject_hyperparams passes it as an array.
+            u = jnp.where(s > 0, u, jnp.zeros_like(u))
             return u.astype(g.dtype)
 
         updates = jax.tree.map(leafwise(direction), updates, sums)
@@ -125,17 +127,23 @@ def scale_by_rms(
     eps_in_sqrt: bool = True,
     initial_scale: float = 0.0,
     nu_dtype: Any = None,
+    bias_correction: bool = False,
 ) -> GradientTransformation:
     """RMSProp's scaling (Hinton, Coursera lecture 6e, 2012)::
 
         v_t = decay * v_{t-1} + (1 - decay) * g_t^2     (v_0 = initial_scale)
         u_t = g_t / sqrt(v_t + eps)      (eps_in_sqrt=True: optax, Keras)
         u_t = g_t / (sqrt(v_t) + eps)    (eps_in_sqrt=False: torch.optim)
+
+    ``bias_correction=True`` uses ``v_t / (1 - decay^t)`` (optax's option: with
+    ``eps_in_sqrt=False`` it is Adam with ``b1 = 0``).
     """
+    v.check_flags(eps_in_sqrt=eps_in_sqrt, bias_correction=bias_correction)
     v.check_decay("decay", decay, allow_schedule=False)
     v.check_eps("eps", eps)
     v.check_number("initial_scale", initial_scale, lo=0.0)
     v.check_dtype("nu_dtype", nu_dtype)
+    correct_bias = bias_correction  # (the argument shadows the module's helper)
 
     def init_fn(params):
         return ScaleByRmsState(_zero_count(), full_like_tree(params, initial_scale, nu_dtype))
@@ -143,15 +151,19 @@ def scale_by_rms(
     def update_fn(updates, state, params=None):
         del params
         check_structure(updates, state.nu, "the optimizer state (nu)")
-        nu = update_moment(updates, state.nu, jnp.asarray(decay, float_dtype()), 2)
+        d = jnp.asarray(decay, float_dtype())
+        nu = update_moment(updates, state.nu, d, 2)
+        count = increment(state.count)
+        correction = 1 - d ** count.astype(float_dtype()) if correct_bias else jnp.ones_like(d)
 
         def direction(g, n):
             dt = compute_dtype(g, n)
-            den = _denominator(n.astype(dt), jnp.asarray(eps, dt), eps_in_sqrt)
+            n = n.astype(dt) / correction.astype(dt)
+            den = _denominator(n, jnp.asarray(eps, dt), eps_in_sqrt)
             return (g.astype(dt) / den).astype(g.dtype)
 
         updates = jax.tree.map(leafwise(direction), updates, nu)
-        return updates, ScaleByRmsState(increment(state.count), nu)
+        return updates, ScaleByRmsState(count, nu)
 
     return GradientTransformation(init_fn, update_fn)
 
@@ -182,6 +194,7 @@ def scale_by_stddev(
 
     Reference: Graves, "Generating sequences with recurrent neural networks", 2013.
     """
+    v.check_flags(eps_in_sqrt=eps_in_sqrt)
     v.check_decay("decay", decay, allow_schedule=False)
     v.check_eps("eps", eps)
     v.check_number("initial_scale", initial_scale, lo=0.0)
@@ -290,6 +303,7 @@ def scale_by_adam(
     ``mu_dtype`` and ``nu_dtype`` choose the dtype of each moment (e.g. bfloat16
     for both, with the update computed in float32).
     """
+    v.check_flags(eps_before_bias_correction=eps_before_bias_correction)
     _check_adam_args(b1, b2, eps, eps_root, mu_dtype, nu_dtype)
     specs = {"b1": b1, "b2": b2}
 
@@ -345,6 +359,10 @@ def scale_by_amsgrad(
 
     Other arguments as :func:`scale_by_adam`.
     """
+    v.check_flags(
+        eps_before_bias_correction=eps_before_bias_correction,
+        max_of_bias_corrected=max_of_bias_corrected,
+    )
     _check_adam_args(b1, b2, eps, eps_root, mu_dtype, nu_dtype)
     specs = {"b1": b1, "b2": b2}
 
@@ -404,6 +422,7 @@ def scale_by_adamax(
 
     State: :class:`ScaleByAdamState` (``nu`` holds the infinity norm ``v``).
     """
+    v.check_flags(eps_in_max=eps_in_max)
     _check_adam_args(b1, b2, eps, 0.0, mu_dtype, nu_dtype)
     specs = {"b1": b1, "b2": b2}
 

@@ -28,12 +28,25 @@ class TraceState(NamedTuple):
     trace: Any
 
 
+def _one_of(name: str, value: Any, alias: str, alias_value: Any) -> Any:
+    """The value given under ``name`` or under its alias ``alias`` (not both)."""
+    if value is not None and alias_value is not None:
+        raise ValueError(f"give {name} or {alias}, not both (got {value!r} and {alias_value!r}).")
+    return value if value is not None else alias_value
+
+
 def trace(
-    momentum: ScalarOrSchedule, *, nesterov: bool = False, mu_dtype: Any = None
+    decay: ScalarOrSchedule | None = None,
+    nesterov: bool = False,
+    accumulator_dtype: Any = None,
+    *,
+    momentum: ScalarOrSchedule | None = None,
+    mu_dtype: Any = None,
 ) -> GradientTransformation:
     """Heavy-ball or Nesterov momentum (the velocity is a sum, not an average).
 
-    With momentum ``beta_t`` (a number in [0, 1) or a schedule)::
+    With momentum ``beta_t`` (``decay`` in optax's name, ``momentum`` here; a
+    number in [0, 1] -- 0 is high friction, 1 none -- or a schedule)::
 
         v_t = beta_t * v_{t-1} + g_t
         u_t = v_t                      (heavy ball)
@@ -45,9 +58,23 @@ def trace(
     ``mu_dtype`` stores the velocity in another dtype (computations run in the
     wider of the gradient's and the state's dtype).
 
+    ``accumulator_dtype`` is optax's name for ``mu_dtype``.
+
+    >>> import jax.numpy as jnp, accel_jax as aj
+    >>> tx = aj.trace(0.9)
+    >>> u, s = tx.update(jnp.ones(1), tx.init(jnp.zeros(1)))
+    >>> u, s = tx.update(jnp.ones(1), s)
+    >>> round(float(u[0]), 6)  # 0.9 * 1 + 1
+    1.9
+
     References: Polyak 1964; Sutskever, Martens, Dahl, Hinton, ICML 2013.
     """
-    v.check_decay("momentum", momentum)
+    momentum = _one_of("decay", decay, "momentum", momentum)
+    if momentum is None:
+        raise TypeError("trace() needs the momentum (decay=...).")
+    mu_dtype = _one_of("accumulator_dtype", accumulator_dtype, "mu_dtype", mu_dtype)
+    v.STATE_RULES[("TraceState", "momentum")].check("momentum", momentum)
+    v.check_flags(nesterov=nesterov)
     v.check_dtype("mu_dtype", mu_dtype)
     specs = {"momentum": momentum}
 
@@ -89,7 +116,11 @@ class EmaState(NamedTuple):
 
 
 def ema(
-    decay: ScalarOrSchedule, *, debias: bool = True, mu_dtype: Any = None
+    decay: ScalarOrSchedule,
+    debias: bool = True,
+    accumulator_dtype: Any = None,
+    *,
+    mu_dtype: Any = None,
 ) -> GradientTransformation:
     """Exponential moving average of the updates::
 
@@ -97,8 +128,10 @@ def ema(
         u_t = m_t / (1 - decay^t)      (debias=True; u_t = m_t otherwise)
 
     With a scheduled decay the debiasing uses the current decay, as torch does
-    for Adam's beta1.
+    for Adam's beta1. ``accumulator_dtype`` is optax's name for ``mu_dtype``.
     """
+    mu_dtype = _one_of("accumulator_dtype", accumulator_dtype, "mu_dtype", mu_dtype)
+    v.check_flags(debias=debias)
     v.check_decay("decay", decay)
     v.check_dtype("mu_dtype", mu_dtype)
     specs = {"decay": decay}

@@ -36,14 +36,16 @@ class ReduceOnPlateauState(NamedTuple):
 def reduce_on_plateau(
     factor: float = 0.1,
     patience: int = 10,
+    rtol: float | None = None,
+    atol: float | None = None,
+    cooldown: int = 0,
+    accumulation_size: int = 1,
+    min_scale: float = 0.0,
     *,
     mode: str = "min",
     threshold: float = 1e-4,
     threshold_mode: str | None = None,
-    cooldown: int = 0,
-    min_scale: float = 0.0,
-    accumulation_size: int = 1,
-    convention: str = "torch",
+    convention: str | None = None,
 ) -> GradientTransformationExtraArgs:
     """Performance scheduling: multiplies the updates by a scale that drops on plateaus.
 
@@ -82,6 +84,12 @@ def reduce_on_plateau(
     cooldown=c`` is torch's ``patience=max(p - 1, 0), cooldown=max(c - 1, 0)``.
     torch's ``min_lr`` is ``min_scale * lr``; torch's ``eps`` is not used.
 
+    ``convention="optax"``, implied by optax's arguments ``rtol``/``atol``, is
+    optax's ``contrib.reduce_on_plateau`` (its signature, counting, and state
+    layout ``ReduceLROnPlateauState``): improvement is
+    ``a < (1 - rtol) * best - atol`` and the scale drops after ``patience`` bad
+    evaluations (one sooner than torch). Without them the default is torch's.
+
     Under ``pmap`` or ``shard_map`` feed the same value on every device (a
     ``pmean`` of the loss). Flax's ``TrainState.apply_gradients`` does not forward
     ``value=``: use :func:`apply_gradients` (``nnx.Optimizer.update(model, grads,
@@ -96,7 +104,21 @@ def reduce_on_plateau(
     >>> float(aj.get_hyperparams(state)["scale"]), updates["w"].tolist()
     (0.25, [-0.02500000037252903])
     """
-    v.check_choice("convention", convention, PLATEAU_CONVENTIONS)
+    if convention is None:
+        convention = "optax" if rtol is not None or atol is not None else "torch"
+    v.check_choice("convention", convention, (*PLATEAU_CONVENTIONS, "optax"))
+    if convention == "optax":
+        from accel_jax.transforms.plateau_optax import optax_reduce_on_plateau
+
+        return optax_reduce_on_plateau(
+            factor, patience, 1e-4 if rtol is None else rtol, 0.0 if atol is None else atol,
+            cooldown, accumulation_size, min_scale,
+        )
+    if rtol is not None or atol is not None:
+        raise ValueError(
+            f"rtol/atol are optax's arguments (convention='optax'); with convention="
+            f"{convention!r} use threshold and threshold_mode."
+        )
     v.check_choice("mode", mode, ("min", "max"))
     if threshold_mode is None:
         threshold_mode = "abs" if convention == "keras" else "rel"
@@ -114,13 +136,13 @@ def reduce_on_plateau(
     def init_fn(params):
         del params
         dt = float_dtype()
-        zero = jnp.zeros([], jnp.int32)
+        # One new buffer per field: a donated step must never see one buffer twice.
         return ReduceOnPlateauState(
-            count=zero,
+            count=jnp.zeros([], jnp.int32),
             hyperparams={"scale": jnp.ones([], dt)},
-            best_value=jnp.asarray(sign * jnp.inf, dt),
-            plateau_count=zero,
-            cooldown_count=zero,
+            best_value=jnp.full([], sign * jnp.inf, dt),
+            plateau_count=jnp.zeros([], jnp.int32),
+            cooldown_count=jnp.zeros([], jnp.int32),
             accumulated_value=jnp.zeros([], dt),
         )
 
