@@ -1,78 +1,100 @@
-"""Compare the optimizers of the seeds' table on a real data set, with measured numbers.
+"""The optimizer comparison (the main job): which optimizer gets each kind of model to a
+good result soonest, measured on fixed workloads in the spirit of MLCommons AlgoPerf.
 
-The same Flax NNX MLP (64-64-64-10, ReLU), from the same initialization, trained on
-scikit-learn's digits (shipped with scikit-learn, no download) with the same
-minibatches, for the same number of epochs, by each optimizer of the seeds'
-comparison table: SGD, Momentum, Nesterov, AdaGrad, RMSProp, Adam, AdaMax, Nadam,
-AdamW. Every optimizer runs with ``convention="keras"`` and Keras' default learning
-rate, so the run reproduces the setting the seeds' table describes (Keras classes
-with their defaults; momentum 0.9 for the two momentum variants, as in the seeds).
+Workloads (``examples/_workloads.py``; nothing is downloaded): MNIST-1D with a 1-D CNN,
+a character-level transformer language model on the Python documentation's text, the
+scikit-learn digits MLP and the seeds' elongated bowl. Every optimizer the library
+exports, at (a) its framework's default learning rate and (b) the rate the range test
+(:func:`accel_jax.find_learning_rate`) suggests, trains the same model from the same
+initialization on the same minibatches for the same number of steps, per seed; the
+target of each workload is fixed in advance. Measured: steps to target, wall time to
+target (compilation and evaluation excluded), final validation metric, as mean and
+spread over the seeds. Speed and quality stars are derived from these numbers
+(``_bench.assign_stars``) and printed next to the seeds' table, with a verdict per claim
+of the seeds. Writes ``comparison.md``, ``results.json`` (every number) and the plots to
+``--out`` (default ``out/compare/``)::
 
-Prints a markdown table (also written to ``OUT/comparison.md``) and writes the
-training-loss curves to ``OUT/compare_optimizers.png``::
-
-    python examples/compare_optimizers.py            # under a minute on 2 CPU cores
-    python examples/compare_optimizers.py --quick    # a few steps: what the tests run
-    python examples/compare_optimizers.py --lr AdaGrad=0.05 --only AdaGrad Adam
-    python examples/compare_optimizers.py --lr-range-test  # each at the range test's rate
-
-The training loss is measured on the whole training set after every epoch. The
-stars mirror the seeds' two columns and are derived from the measurements:
-
-* speed, from the epochs ``e`` needed to bring the training loss down to the
-  target, against the fastest optimizer's ``e_min``: *** if ``e <= 2 e_min``,
-  ** if ``e <= 4 e_min``, * if slower or never within the budget;
-* quality, from the validation accuracy after the budget, against the best one:
-  *** within 1 percentage point, ** within 3, * further behind (an optimizer that
-  stops early, or one that generalizes worse).
-
-The time column is the training steps alone: compilation and evaluation excluded.
+    python examples/compare_optimizers.py             # 1 seed, about 5 minutes on 2 CPU cores
+    python examples/compare_optimizers.py --full      # 3 seeds, longer budgets
+    python examples/compare_optimizers.py --quick     # a few steps: what the tests run
+    python examples/compare_optimizers.py --workloads digits bowl --optimizers Adam SGD
+    python examples/compare_optimizers.py --schedule  # warmup (5%) + cosine decay to 0
 """
 
 from __future__ import annotations
 
+import argparse
+import concurrent.futures
+import dataclasses
+import json
 import os
 import sys
 import time
-from typing import Any, NamedTuple
+from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import _common  # noqa: E402
+import _bench  # noqa: E402
+import _report  # noqa: E402
+import _workloads  # noqa: E402
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import accel_jax as aj  # noqa: E402
 
-# name -> (accel_jax function, its arguments besides the learning rate, Keras' default
-# learning rate). All are built with convention="keras".
-OPTIMIZERS: dict[str, tuple[str, dict[str, Any], float]] = {
-    "SGD": ("sgd", {}, 0.01),
-    "Momentum": ("sgd", {"momentum": 0.9}, 0.01),
-    "Nesterov": ("sgd", {"momentum": 0.9, "nesterov": True}, 0.01),
-    "AdaGrad": ("adagrad", {}, 0.001),
-    "RMSProp": ("rmsprop", {}, 0.001),
-    "Adam": ("adam", {}, 0.001),
-    "AdaMax": ("adamax", {}, 0.002),
-    "Nadam": ("nadam", {}, 0.001),
-    "AdamW": ("adamw", {}, 0.001),
+
+@dataclasses.dataclass(frozen=True)
+class Spec:
+    """An optimizer of the comparison: ``accel_jax.<function>(lr, **kwargs)``."""
+
+    function: str
+    kwargs: dict[str, Any]
+    default_lr: float
+    lr_source: str  # whose default the rate is
+    family: str  # "sgd", "adaptive" or "frontier": the line style of the plots
+    schedule_free: bool = False  # evaluated at schedule_free_eval_params(state, params)
+
+    def __call__(self, learning_rate):
+        return getattr(aj, self.function)(learning_rate, **self.kwargs)
+
+    def call(self, learning_rate: float) -> str:
+        """The call as shown in the tables: ``sgd(0.01, momentum=0.9)``."""
+        args = [f"{learning_rate:.3g}"]
+        args += [f"{k}={v!r}" for k, v in self.kwargs.items() if k != "exclude_layers"]
+        return f"{self.function}({', '.join(args)})"
+
+
+_KERAS = {"convention": "keras"}
+_TORCH = {"convention": "torch"}
+#: The seeds' nine (Keras' classes with their defaults, momentum 0.9 as in the seeds),
+#: then the frontier ones at their reference framework's default rate.
+OPTIMIZERS: dict[str, Spec] = {
+    "SGD": Spec("sgd", _KERAS, 0.01, "Keras", "sgd"),
+    "Momentum": Spec("sgd", {"momentum": 0.9, **_KERAS}, 0.01, "Keras", "sgd"),
+    "Nesterov": Spec("sgd", {"momentum": 0.9, "nesterov": True, **_KERAS}, 0.01, "Keras", "sgd"),
+    "AdaGrad": Spec("adagrad", _KERAS, 0.001, "Keras", "adaptive"),
+    "RMSProp": Spec("rmsprop", _KERAS, 0.001, "Keras", "adaptive"),
+    "Adam": Spec("adam", _KERAS, 0.001, "Keras", "adaptive"),
+    "AdaMax": Spec("adamax", _KERAS, 0.002, "Keras", "adaptive"),
+    "Nadam": Spec("nadam", _KERAS, 0.001, "Keras", "adaptive"),
+    "AdamW": Spec("adamw", _KERAS, 0.001, "Keras", "adaptive"),
+    "RAdam": Spec("radam", _TORCH, 0.001, "torch", "frontier"),
+    "NAdamW": Spec("nadamw", _TORCH, 0.002, "torch", "frontier"),
+    "Adadelta": Spec("adadelta", _TORCH, 1.0, "torch", "frontier"),
+    "Lion": Spec("lion", _KERAS, 0.001, "Keras", "frontier"),
+    # Muon on the hidden matrices; AdamW (same rate, torch's pairing) on embeddings,
+    # the output head and every other leaf.
+    "Muon": Spec("muon", {"exclude_layers": ("head", "embed"), **_TORCH}, 0.001, "torch",
+                 "frontier"),
+    "Adafactor": Spec("adafactor", _TORCH, 0.01, "torch", "frontier"),
+    "LAMB": Spec("lamb", {}, 0.001, "timm", "frontier"),
+    "LARS": Spec("lars", {}, 1.0, "timm", "frontier"),
+    "SF-AdamW": Spec("schedule_free_adamw", {}, 0.0025, "reference", "frontier",
+                     schedule_free=True),
+    "SF-SGD": Spec("schedule_free_sgd", {}, 1.0, "reference", "frontier", schedule_free=True),
 }
 
-
-def make_optimizer(name: str, learning_rate: float) -> aj.GradientTransformation:
-    function, kwargs, _ = OPTIMIZERS[name]
-    return getattr(aj, function)(learning_rate, **kwargs, convention="keras")
-
-
-def describe_call(name: str, learning_rate: float) -> str:
-    """The call, as shown in the table: ``sgd(0.01, momentum=0.9)``."""
-    function, kwargs, _ = OPTIMIZERS[name]
-    args = [f"{learning_rate:g}", *(f"{k}={v!r}" for k, v in kwargs.items())]
-    return f"{function}({', '.join(args)})"
-
-
-# The seeds' table, for the side-by-side column.
+#: The seeds' table: (convergence speed, convergence quality).
 SEEDS_STARS = {
     "SGD": ("*", "***"),
     "Momentum": ("**", "***"),
@@ -85,249 +107,141 @@ SEEDS_STARS = {
     "AdamW": ("***", "** or ***"),
 }
 
-
-class Result(NamedTuple):
-    name: str
-    learning_rate: float
-    train_loss: np.ndarray  # full training-set loss after each epoch (index 0: at init)
-    val_accuracy: float
-    seconds: float  # the training steps alone: compilation and evaluation excluded
+LR_MODES = ("default", "range test")
+RANGE_TEST_STEPS = {"quick": 30, "default": 80, "full": 200}
 
 
-def make_epoch_fns(model, data: _common.Digits, batch_size: int):
-    """Returns ``make_epoch(tx)`` and ``evaluate(params) -> (train loss, val accuracy)``.
-
-    ``make_epoch(tx)`` is ``run_epoch(params, opt_state, key)``: one ``lax.scan`` over
-    the shuffled minibatches of the epoch, so there is one call per epoch.
-    """
-    from flax import nnx
-
-    train = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-    val = jnp.asarray(data.x_val), jnp.asarray(data.y_val)
-    graphdef = nnx.graphdef(model)
-    n = train[0].shape[0]
-    steps = n // batch_size
-
-    def loss_fn(params, x, y):
-        return _common.cross_entropy(nnx.merge(graphdef, params)(x), y)
-
-    def make_epoch(tx):
-        @jax.jit
-        def run_epoch(params, opt_state, key, data=train):
-            # jit makes the default-valued `data` an argument rather than a constant
-            # baked into the program: XLA compiles it about three times faster.
-            x, y = data
-
-            def step(carry, idx):
-                params, opt_state = carry
-                grads = jax.grad(loss_fn)(params, x[idx], y[idx])
-                updates, opt_state = tx.update(grads, opt_state, params)
-                return (aj.apply_updates(params, updates), opt_state), None
-
-            perm = jax.random.permutation(key, n)[: steps * batch_size]
-            (params, opt_state), _ = jax.lax.scan(
-                step, (params, opt_state), perm.reshape(steps, batch_size)
-            )
-            return params, opt_state
-
-        return run_epoch
-
-    @jax.jit
-    def evaluate(params, train=train, val=val):
-        logits = nnx.merge(graphdef, params)(val[0])
-        return loss_fn(params, *train), _common.accuracy(logits, val[1])
-
-    return make_epoch, evaluate, steps
+def exported_optimizers() -> list[str]:
+    """The names of :data:`OPTIMIZERS` whose function ``accel_jax`` exports."""
+    return [name for name, spec in OPTIMIZERS.items() if hasattr(aj, spec.function)]
 
 
-def train_all(runs: dict[str, float], epochs: int, batch_size: int, seed: int, progress: bool):
-    """Trains the same model from the same init on the same minibatches with each optimizer.
-
-    ``runs`` maps an optimizer name of :data:`OPTIMIZERS` to its learning rate.
-    Returns the results and the number of steps per epoch.
-    """
-    from flax import nnx
+def run_workload(w: _workloads.Workload, names: list[str], seeds: list[int], mode: str,
+                 schedule: bool, progress: bool) -> dict:
+    """Every optimizer of ``names`` at both learning rates and every seed on ``w``."""
     from tqdm import tqdm
 
-    data = _common.load_digits(seed=seed)
-    model = _common.make_nnx_mlp(seed)
-    params0 = nnx.state(model, nnx.Param)
-    make_epoch, evaluate, steps = make_epoch_fns(model, data, batch_size)
-    keys = jax.random.split(jax.random.key(seed), epochs)  # same minibatches for everyone
-
-    results = []
-    bar = tqdm(total=len(runs) * epochs, disable=not progress, unit="epoch", file=sys.stderr)
-    for name, lr in runs.items():
-        tx = make_optimizer(name, lr)
-        bar.set_description(f"{name:>8}")
-        params, opt_state = params0, tx.init(params0)
-        run_epoch = make_epoch(tx).lower(params, opt_state, keys[0]).compile()
-        losses = [float(evaluate(params)[0])]
-        seconds = 0.0
-        for epoch in range(epochs):
-            start = time.perf_counter()
-            params, opt_state = jax.block_until_ready(run_epoch(params, opt_state, keys[epoch]))
-            seconds += time.perf_counter() - start
-            loss, val_accuracy = evaluate(params)
-            losses.append(float(loss))
-            bar.update()
-        results.append(Result(name, lr, np.array(losses), float(val_accuracy), seconds))
+    seeds = seeds[:1] if w.deterministic else seeds
+    total = w.steps[mode]
+    evaluate = _bench.make_evaluate(w)
+    bar = tqdm(total=len(names) * len(LR_MODES) * len(seeds) * total, desc=f"{w.name:>8}",
+               unit="step", disable=not progress, file=sys.stderr, leave=True)
+    runs, range_tests = [], {}
+    executor = concurrent.futures.ThreadPoolExecutor(1)  # compiles while the range test runs
+    for name in names:
+        spec = OPTIMIZERS[name]
+        bar.set_postfix_str(name)
+        factory = _bench.schedule_factory(spec, total) if schedule else spec
+        eval_params = aj.schedule_free_eval_params if spec.schedule_free else None
+        trainer = _bench.Trainer(w, factory, evaluate, eval_params, mode)
+        trainer.compile_in(executor)
+        rt = _bench.range_test(w, spec, RANGE_TEST_STEPS[mode])
+        suggested = rt.suggested_lr if np.isfinite(rt.suggested_lr) else spec.default_lr
+        range_tests[name] = {"suggested_lr": float(suggested), "diverged": bool(rt.diverged),
+                             "steps": int(len(rt.losses))}
+        for lr_mode, lr in zip(LR_MODES, (spec.default_lr, suggested), strict=True):
+            for seed in seeds:
+                runs.append(trainer.run(name, lr_mode, lr, seed, on_chunk=bar.update))
     bar.close()
-    return results, steps
-
-
-def epochs_to_target(r: Result, target: float) -> int | None:
-    """The first epoch after which the training loss is <= ``target`` (None: never)."""
-    hit = np.nonzero(r.train_loss <= target)[0]
-    return int(hit[0]) if hit.size else None
-
-
-def stars(results: list[Result], target: float) -> dict[str, tuple[str, str]]:
-    """Speed and quality stars derived from the measurements (rule in the module docstring)."""
-    reached = [e for r in results if (e := epochs_to_target(r, target)) is not None]
-    fastest = min(reached) if reached else None
-    best_acc = max(r.val_accuracy for r in results)
-    out = {}
-    for r in results:
-        e = epochs_to_target(r, target)
-        if e is None or fastest is None:
-            speed = "*"
-        else:
-            speed = "***" if e <= 2 * fastest else "**" if e <= 4 * fastest else "*"
-        gap = 100 * (best_acc - r.val_accuracy)  # percentage points
-        quality = "***" if gap <= 1 else "**" if gap <= 3 else "*"
-        out[r.name] = (speed, quality)
-    return out
-
-
-def table(results: list[Result], target: float, steps_per_epoch: int) -> str:
-    """The comparison as a markdown table."""
-    epochs = len(results[0].train_loss) - 1
-    st = stars(results, target)
-    lines = [
-        f"| optimizer | accel_jax call | steps to loss {target:g} "
-        "| final train loss | val. accuracy | time (s) | speed | quality | seeds' table |",
-        "|---|---|---:|---:|---:|---:|:---:|:---:|:---:|",
-    ]
-    for r in results:
-        e = epochs_to_target(r, target)
-        reached = f"{e * steps_per_epoch}" if e is not None else f"> {epochs * steps_per_epoch}"
-        speed, quality = st[r.name]
-        seeds = " / ".join(SEEDS_STARS[r.name])
-        lines.append(
-            f"| {r.name} | `{describe_call(r.name, r.learning_rate)}` | {reached} "
-            f"| {r.train_loss[-1]:.2e} | {100 * r.val_accuracy:.1f}% | {r.seconds:.2f} "
-            f"| {speed} | {quality} | {seeds} |"
-        )
-    return "\n".join(lines)
-
-
-def plot(results: list[Result], target: float, steps_per_epoch: int, path: str) -> None:
-    """Training loss against steps, one line per optimizer, log scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    family = {"SGD": "-", "Momentum": "-", "Nesterov": "-", "AdaGrad": "-.", "RMSProp": "-."}
-    fig, ax = plt.subplots(figsize=(8, 5))
-    for r in results:
-        steps = np.arange(len(r.train_loss)) * steps_per_epoch
-        ax.plot(steps, r.train_loss, family.get(r.name, "--"), label=r.name, lw=1.6)
-    ax.axhline(target, color="gray", lw=0.8, ls=":", label=f"target {target:g}")
-    ax.set_yscale("log")
-    ax.set_xlabel("training step (minibatch of the same size for all)")
-    ax.set_ylabel("training loss (full training set)")
-    ax.set_title("scikit-learn digits: same MLP, init, minibatches and budget")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(ncol=2, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def range_test_rates(names: list[str], batch_size: int, seed: int, num_steps: int) -> dict:
-    """The learning rate :func:`accel_jax.find_learning_rate` suggests for each optimizer.
-
-    The range test runs on the same model, init and training minibatches as the
-    comparison, with the rate growing exponentially from 1e-5 to 10.
-    """
-    from flax import nnx
-
-    data = _common.load_digits(seed=seed)
-    model = _common.make_nnx_mlp(seed)
-    graphdef, params0 = nnx.graphdef(model), nnx.state(model, nnx.Param)
-    x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
-    rng = np.random.default_rng(seed)
-    batches = [rng.integers(0, x.shape[0], batch_size) for _ in range(num_steps)]
-
-    def loss_fn(params, idx):
-        return _common.cross_entropy(nnx.merge(graphdef, params)(x[idx]), y[idx])
-
+    executor.shutdown()
+    summaries = []
+    for lr_mode in LR_MODES:
+        group = [_bench.summarize([r for r in runs if r.optimizer == n and r.lr_mode == lr_mode])
+                 for n in names]
+        _bench.assign_stars(w, group)
+        summaries += group
     return {
-        name: aj.find_learning_rate(
-            loss_fn, params0, lambda lr, name=name: make_optimizer(name, lr), batches,
-            min_lr=1e-5, max_lr=10.0, num_steps=num_steps,
-        ).suggested_lr
-        for name in names
+        "title": w.title, "metric": w.metric, "higher_is_better": w.higher_is_better,
+        "target": w.target, "steps": total, "eval_every": w.eval_every[mode],
+        "seeds": seeds, "log_scale": w.log_scale,
+        "range_tests": range_tests,
+        "summaries": [dataclasses.asdict(s) for s in summaries],
+        "runs": [dataclasses.asdict(r) for r in runs],
     }
 
 
-def _learning_rates(overrides: list[str]) -> dict[str, float]:
-    rates = {name: lr for name, (_, _, lr) in OPTIMIZERS.items()}
-    for item in overrides:
-        name, _, value = item.partition("=")
-        if name not in rates or not value:
-            raise SystemExit(f"--lr expects NAME=VALUE with NAME in {list(rates)}, got {item!r}")
-        rates[name] = float(value)
-    return rates
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="a few steps (what the tests run)")
+    size.add_argument("--full", action="store_true", help="3 seeds and longer budgets")
+    p.add_argument("--out", default=os.path.join("out", "compare"),
+                   help="folder for the files written (default: out/compare)")
+    p.add_argument("--workloads", nargs="+", choices=list(_workloads.WORKLOADS),
+                   default=list(_workloads.WORKLOADS))
+    p.add_argument("--optimizers", nargs="+", choices=list(OPTIMIZERS), default=None,
+                   help="default: every optimizer accel_jax exports")
+    p.add_argument("--seeds", nargs="+", type=int, default=None,
+                   help="default: 0 (0 1 2 with --full)")
+    p.add_argument("--schedule", action="store_true",
+                   help="linear warmup over 5%% of the budget, then cosine decay to 0")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--from-json", metavar="RESULTS_JSON",
+                   help="train nothing: write the tables and plots of a results.json again")
+    return p.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> list[Result]:
-    p = _common.parser(__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 100)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--target", type=float, default=0.05, help="training loss to reach")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument(
-        "--only", nargs="+", choices=list(OPTIMIZERS), default=list(OPTIMIZERS),
-        help="run these optimizers only",
-    )
-    p.add_argument(
-        "--lr", nargs="+", default=[], metavar="NAME=VALUE",
-        help="learning rates other than Keras' defaults, e.g. --lr AdaGrad=0.01 SGD=0.1",
-    )
-    p.add_argument(
-        "--lr-range-test", action="store_true",
-        help="train each optimizer at the rate the learning-rate range test suggests",
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    args = p.parse_args(argv)
-    epochs = args.epochs or (2 if args.quick else 100)
-    rates = _learning_rates(args.lr)
-    if args.lr_range_test:
-        rates.update(range_test_rates(args.only, args.batch_size, args.seed,
-                                      num_steps=20 if args.quick else 300))
+def _rounded_curves(results: dict) -> dict:
+    """``results`` with the runs' curves to 5 significant digits (the JSON stays small;
+    the summaries, which the tables show, keep every digit)."""
+    curves = ("train_loss", "val_loss", "metric", "seconds")
+    workloads = {
+        name: {**w, "runs": [{**r, **{k: [float(f"{v:.5g}") for v in r[k]] for k in curves}}
+                             for r in w["runs"]]}
+        for name, w in results["workloads"].items()
+    }
+    return {**results, "workloads": workloads}
 
-    runs = {name: rates[name] for name in args.only}
-    results, steps = train_all(runs, epochs, args.batch_size, args.seed, not args.no_progress)
-    header = (
-        f"scikit-learn digits, MLP 64-64-64-10 (Flax NNX), batch {args.batch_size}, "
-        f"{epochs} epochs = {epochs * steps} steps, seed {args.seed}; "
-        f"JAX {jax.__version__} on {jax.devices()[0].device_kind}. Every optimizer is "
-        '`accel_jax.<call>` with `convention="keras"`, at '
-        + ("the rate the learning-rate range test suggests (`find_learning_rate`)."
-           if args.lr_range_test else "Keras' default learning rate.")
-    )
-    md = f"{header}\n\n{table(results, args.target, steps)}\n"
+
+def write_outputs(results: dict, out: str) -> list[str]:
+    """``comparison.md``, ``readme_fragment.md``, ``results.json`` and the plots in ``out``."""
+    os.makedirs(out, exist_ok=True)
+    md = _report.markdown(results, SEEDS_STARS)
     print(md)
-    out = _common.out_dir(args.out)
-    md_path = os.path.join(out, "comparison.md")
-    png_path = os.path.join(out, "compare_optimizers.png")
-    with open(md_path, "w") as f:
+    with open(os.path.join(out, "comparison.md"), "w") as f:
         f.write(md)
-    plot(results, args.target, steps, png_path)
-    print(f"wrote {md_path} and {png_path}")
+    with open(os.path.join(out, "readme_fragment.md"), "w") as f:
+        f.write(_report.readme_fragment(results, SEEDS_STARS))
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(_rounded_curves(results), f, allow_nan=True)
+    return _report.plots(results, out)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    if args.from_json:
+        with open(args.from_json) as f:
+            results = json.load(f)
+        results["files"] = write_outputs(results, os.path.abspath(args.out))
+        return results
+    mode = "quick" if args.quick else "full" if args.full else "default"
+    names = args.optimizers or exported_optimizers()
+    seeds = args.seeds or ([0, 1, 2] if args.full else [0])
+    start, cpu_start = time.perf_counter(), time.process_time()
+    results: dict[str, Any] = {
+        "protocol": {
+            "mode": mode, "seeds": seeds, "schedule": args.schedule, "optimizers": {
+                n: {"call": OPTIMIZERS[n].call(OPTIMIZERS[n].default_lr),
+                    "lr_source": OPTIMIZERS[n].lr_source, "family": OPTIMIZERS[n].family}
+                for n in names},
+            "range_test": {"min_lr": 1e-5, "max_lr": 10.0, "steps": RANGE_TEST_STEPS[mode],
+                           "rule": "tenth_of_minimum"},
+            "jax": jax.__version__, "device": jax.devices()[0].device_kind,
+        },
+        "workloads": {},
+    }
+    for wname in args.workloads:
+        w = _workloads.WORKLOADS[wname]()
+        results["workloads"][wname] = run_workload(w, names, seeds, mode, args.schedule,
+                                                   not args.no_progress)
+    results["seconds"] = time.perf_counter() - start
+    results["cpu_seconds"] = time.process_time() - cpu_start
+    results["verdicts"] = _report.verdicts(results)
+    out = os.path.abspath(args.out)
+    plots = write_outputs(results, out)
+    print(f"wrote {os.path.join(out, 'comparison.md')}, results.json and {len(plots)} plots "
+          f"to {out} in {results['seconds']:.0f} s ({results['cpu_seconds']:.0f} s of CPU)")
+    results["files"] = plots
     return results
 
 

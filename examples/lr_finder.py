@@ -35,7 +35,8 @@ def loss_fn(params, batch):
 
 
 def train(params, learning_rate: float, batches: list, epochs: int, data) -> float:
-    """Validation accuracy after ``epochs`` passes over ``batches`` at a constant rate."""
+    """Validation accuracy after ``epochs`` passes over ``batches`` at a constant rate
+    (``nan`` when training diverged: the logits are no longer finite)."""
     tx = optimizer(learning_rate)
 
     @jax.jit
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     ax = result.plot()
     ax.set_title("learning-rate range test: MLP on digits, SGD + Nesterov 0.9")
+    ax.figure.tight_layout()  # room for the axis labels
     path = os.path.join(_common.out_dir(args.out), "lr_finder.png")
     ax.figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(ax.figure)
@@ -88,8 +90,9 @@ def main(argv: list[str] | None = None) -> dict:
                       ("suggested / 100", result.suggested_lr / 100),
                       ("10 x turning point", 10 * turning)]:
         accuracies[label] = train(params, lr, batches, epochs, data)
-        print(f"  {epochs} epoch(s) at lr={lr:.3g} ({label}): validation accuracy "
-              f"{100 * accuracies[label]:.1f}%")
+        outcome = (f"validation accuracy {100 * accuracies[label]:.1f}%"
+                   if np.isfinite(accuracies[label]) else "diverged (the weights are not finite)")
+        print(f"  {epochs} epoch(s) at lr={lr:.3g} ({label}): {outcome}")
     return {"result": result, "plot": path, "accuracies": accuracies}
 
 
