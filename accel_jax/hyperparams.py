@@ -133,14 +133,19 @@ def get_hyperparams(opt_state: Any) -> dict[str, jax.Array]:
 
     A name that occurs in several transformations (a ``partition`` with one
     learning rate per group, say) is reported once per occurrence, keyed by the
-    state path and the name (``"[1].inner_states['head'][2]/learning_rate"``);
-    a name that occurs once is keyed by the bare name.
+    state path and the name; a name that occurs once is keyed by the bare name.
+    Values are arrays, also when the state lives in framework containers (the
+    ``OptArray`` variables of ``nnx.Optimizer.opt_state``).
 
     >>> import jax.numpy as jnp, accel_jax as aj
     >>> tx = aj.sgd(0.1, momentum=0.9)
     >>> hp = aj.get_hyperparams(tx.init({"w": jnp.zeros(2)}))
     >>> round(float(hp["learning_rate"]), 6), round(float(hp["momentum"]), 6)
     (0.1, 0.9)
+    >>> groups = aj.partition({"head": aj.sgd(0.1), "body": aj.adam(0.2)}, {"w": "head"})
+    >>> sorted(aj.get_hyperparams(aj.chain(aj.clip(1.0), groups).init({"w": jnp.zeros(2)})))
+    ["[1].inner_states['body'].inner_state[1]/learning_rate",
+     "[1].inner_states['head'].inner_state[0]/learning_rate", 'b1', 'b2']
     """
     found: list[tuple[str, str, jax.Array]] = []
     leaves = jax.tree_util.tree_flatten_with_path(opt_state, is_leaf=_has_hyperparams)[0]
@@ -152,7 +157,8 @@ def get_hyperparams(opt_state: Any) -> dict[str, jax.Array]:
     for _, name, _ in found:
         counts[name] = counts.get(name, 0) + 1
     return {
-        (name if counts[name] == 1 else f"{path}/{name}"): value for path, name, value in found
+        (name if counts[name] == 1 else f"{path}/{name}"): jnp.asarray(value)
+        for path, name, value in found
     }
 
 
@@ -161,7 +167,7 @@ def set_hyperparams(opt_state: Any, **values: Any) -> Any:
 
     A bare name (``learning_rate=0.01``) replaces that hyperparameter everywhere
     in the state; a key as :func:`get_hyperparams` reports it for a name that
-    occurs several times (``**{"[1].inner_states['head'][2]/learning_rate": 0.01}``)
+    occurs several times (``**{"[1].inner_states['head'].inner_state[0]/learning_rate": 0.01}``)
     replaces that occurrence only, so
     ``set_hyperparams(s, **{k: f(v) for k, v in get_hyperparams(s).items()})``
     round-trips. Raises ``KeyError`` for a name found nowhere in the state.

@@ -210,3 +210,18 @@ def test_one_array_given_for_several_hyperparameters_makes_distinct_buffers():
     new_params, _ = aj.make_step(tx)(params, state, grads)
     np.testing.assert_allclose(new_params["a"], 0.7, rtol=1e-6)
     assert float(lr) == pytest.approx(0.1)  # the caller's array is not donated
+
+
+def test_get_hyperparams_reads_through_nnx_optimizer_variables():
+    """nnx.Optimizer keeps the state in OptArray variables; the values come back as arrays,
+    so logging needs no unwrapping (the README's quickstart prints them)."""
+    from flax import nnx
+
+    class Model(nnx.Module):
+        def __init__(self):
+            self.w = nnx.Param(jnp.ones(3))
+
+    optimizer = nnx.Optimizer(Model(), aj.adam(1e-3), wrt=nnx.Param)
+    hp = aj.get_hyperparams(optimizer.opt_state)
+    assert all(isinstance(x, jax.Array) for x in hp.values()), {k: type(x) for k, x in hp.items()}
+    assert float(hp["learning_rate"]) == pytest.approx(1e-3)
