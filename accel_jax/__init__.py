@@ -37,18 +37,20 @@ from accel_jax.optimizers import (
     rmsprop,
     sgd,
 )
-from accel_jax.transforms.adaptive import (
-    ScaleByAdagradState,
+from accel_jax.transforms.adam import (
     ScaleByAdamState,
     ScaleByAmsgradState,
     ScaleByNadamState,
-    ScaleByRmsState,
-    ScaleByStddevState,
-    scale_by_adagrad,
     scale_by_adam,
     scale_by_adamax,
     scale_by_amsgrad,
     scale_by_nadam,
+)
+from accel_jax.transforms.adaptive import (
+    ScaleByAdagradState,
+    ScaleByRmsState,
+    ScaleByStddevState,
+    scale_by_adagrad,
     scale_by_rms,
     scale_by_stddev,
 )
@@ -64,21 +66,24 @@ from accel_jax.transforms.scaling import (
 from accel_jax.schedules import (
     constant_schedule,
     cosine_decay,
-    cosine_restarts,
     exponential_decay,
     join_schedules,
     linear_schedule,
-    one_cycle,
-    one_cycle_momentum,
     piecewise_constant,
     polynomial_schedule,
     power_decay,
     step_decay,
     warmup,
 )
+from accel_jax.schedules_cyclic import cosine_restarts, one_cycle, one_cycle_momentum
 # --- performance scheduling, learning-rate range test (issue 3) ---
 from accel_jax.lr_finder import SUGGESTION_RULES, LRFinderResult, find_learning_rate
-from accel_jax.transforms.plateau import ReduceOnPlateauState, apply_gradients, reduce_on_plateau
+from accel_jax.transforms.plateau import (
+    PlateauRepeatWarning,
+    ReduceOnPlateauState,
+    apply_gradients,
+    reduce_on_plateau,
+)
 # --- regularization, sparsity, robustness (issue 4) ---
 from accel_jax.transforms.accumulation import AccumulateGradientsState, accumulate_gradients
 from accel_jax.transforms.averaging import AverageParamsState, average_params, averaged_params
@@ -121,11 +126,10 @@ from accel_jax.transforms.orthogonal import (
     NS_COEFFS_PRESETS,
     MuonDimensionNumbers,
     ScaleByMuonState,
-    ScaleByShapeState,
     orthogonalize,
     scale_by_muon,
-    scale_by_shape,
 )
+from accel_jax.transforms.shape_scaling import ScaleByShapeState, scale_by_shape
 # (adafactor, lamb, lars, scale_by_trust_ratio)
 from accel_jax.optimizers import adafactor, lamb, lars
 from accel_jax.transforms.factored import (

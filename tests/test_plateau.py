@@ -17,6 +17,9 @@ import accel_jax as aj
 GOLDENS = np.load(pathlib.Path(__file__).parent / "reference" / "torch_schedules.npz")
 PLATEAU_CASES = sorted({k.split("/")[0] for k in GOLDENS.files if k.startswith("plateau")})
 PARAMS = {"w": jnp.ones(2)}
+# The reference sequences repeat values on purpose (plateaus); the warning for a
+# per-epoch value fed at every step is tested on its own below.
+pytestmark = pytest.mark.filterwarnings("ignore::accel_jax.PlateauRepeatWarning")
 
 
 def scales(tx, values) -> np.ndarray:
@@ -372,3 +375,36 @@ def test_performance_scheduling_example(tmp_path, capsys):
         assert scales[0] == 1.0 and min(scales) < 1.0, name  # reduced on a plateau
         assert all(b in (a, a / 2) for a, b in zip(scales, scales[1:], strict=False)), name
         assert f"[{name}] epoch" in printed and "effective learning rate" in printed
+
+
+def _feed(tx, values):
+    """Feeds ``values`` through one jitted update each; returns the final state."""
+    state = tx.init(PARAMS)
+    update = jax.jit(lambda s, v: tx.update({"w": jnp.ones(2)}, s, PARAMS, value=v))
+    for x in values:
+        _, state = update(state, jnp.float32(x))
+    jax.effects_barrier()
+    return state
+
+
+def test_a_per_epoch_value_fed_at_every_step_is_loud():
+    """The README misuse: a validation loss measured once per epoch, fed unchanged at every
+    step with accumulation_size=1, collapses the scale within the epoch; the reduction
+    it causes raises a PlateauRepeatWarning at run time (under jit)."""
+    epoch_losses, steps_per_epoch = [1.0, 0.9, 0.8], 20
+    fed = [x for x in epoch_losses for _ in range(steps_per_epoch)]
+    with pytest.warns(aj.PlateauRepeatWarning, match="accumulation_size"):
+        state = _feed(aj.reduce_on_plateau(factor=0.5, patience=2), fed)
+    assert float(state.scale) < 1e-3  # what the misuse does, silently before
+    # The documented recipe: the repeats of one epoch average to one evaluation.
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", aj.PlateauRepeatWarning)
+        good = _feed(aj.reduce_on_plateau(factor=0.5, patience=2,
+                                          accumulation_size=steps_per_epoch), fed)
+        # A value that changes at every update never warns, whatever the reductions.
+        noisy = _feed(aj.reduce_on_plateau(factor=0.5, patience=2),
+                      [1.0 + 0.01 * (i % 7) for i in range(60)])
+    assert float(good.scale) == 1.0
+    assert float(noisy.scale) < 1.0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, NamedTuple
 
 import jax
@@ -27,6 +28,8 @@ class ReduceOnPlateauState(NamedTuple):
     plateau_count: jax.Array  # int32: evaluations without improvement (torch: num_bad_epochs)
     cooldown_count: jax.Array  # int32: evaluations of cooldown left
     accumulated_value: jax.Array  # sum of the values of the current window
+    last_value: jax.Array  # the value fed with the previous update
+    repeats: jax.Array  # int32: updates in a row whose value equalled the previous one
 
     @property
     def scale(self) -> jax.Array:
@@ -90,6 +93,15 @@ def reduce_on_plateau(
     ``a < (1 - rtol) * best - atol`` and the scale drops after ``patience`` bad
     evaluations (one sooner than torch). Without them the default is torch's.
 
+    **Feed one new value per evaluation.** A validation loss measured once per
+    epoch must not be fed unchanged at every step with ``accumulation_size=1``:
+    each repeat would count as an evaluation without improvement, and the scale
+    would collapse within the first epoch. Feed it with ``accumulation_size`` set
+    to the steps per epoch (the repeats average to one evaluation), or feed the
+    training loss of each step. When a reduction follows a run of at least
+    ``max(patience + 2, 3)`` identical values, a :class:`PlateauRepeatWarning`
+    says so (at run time, also under ``jit``), naming this likely misuse.
+
     Under ``pmap`` or ``shard_map`` feed the same value on every device (a
     ``pmean`` of the loss). Flax's ``TrainState.apply_gradients`` does not forward
     ``value=``: use :func:`apply_gradients` (``nnx.Optimizer.update(model, grads,
@@ -144,6 +156,8 @@ def reduce_on_plateau(
             plateau_count=jnp.zeros([], jnp.int32),
             cooldown_count=jnp.zeros([], jnp.int32),
             accumulated_value=jnp.zeros([], dt),
+            last_value=jnp.full([], jnp.nan, dt),
+            repeats=jnp.zeros([], jnp.int32),
         )
 
     def evaluate(state, current):
@@ -184,11 +198,19 @@ def reduce_on_plateau(
             )
         dt = float_dtype()
         count = increment(state.count)
-        total = state.accumulated_value + jnp.asarray(value).astype(dt)
-        state = state._replace(count=count, accumulated_value=total)
+        value = jnp.asarray(value).astype(dt)
+        total = state.accumulated_value + value
+        repeats = jnp.where(value == state.last_value, increment(state.repeats), 0)
+        state = state._replace(count=count, accumulated_value=total, last_value=value,
+                               repeats=repeats.astype(jnp.int32))
         judged = evaluate(state, total / accumulation_size)._replace(
             accumulated_value=jnp.zeros([], dt))
         window_done = count % accumulation_size == 0
+        reduced = window_done & (judged.scale < state.scale)
+        if accumulation_size == 1:  # a repeated value per update is this misuse's signature
+            suspicious = reduced & (repeats >= max(patience + 1, 2))
+            jax.lax.cond(suspicious, lambda: jax.debug.callback(_warn_repeats, repeats),
+                         lambda: None)
         state = jax.tree.map(lambda a, b: jnp.where(window_done, a, b), judged, state)
         scale = state.scale
         def rescale(g):
@@ -199,6 +221,21 @@ def reduce_on_plateau(
         return updates, state
 
     return GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+class PlateauRepeatWarning(UserWarning):
+    """:func:`reduce_on_plateau` reduced its scale after a run of identical values."""
+
+
+def _warn_repeats(repeats) -> None:
+    warnings.warn(
+        f"reduce_on_plateau reduced the scale after {int(repeats) + 1} identical values in "
+        "a row: a value measured once per epoch (a validation loss) fed at every step "
+        "counts as one evaluation per step. Set accumulation_size to the steps per epoch, "
+        "or feed a value that is new at every update.",
+        PlateauRepeatWarning,
+        stacklevel=2,
+    )
 
 
 def apply_gradients(train_state: Any, grads: Any, **extra_args: Any) -> Any:
