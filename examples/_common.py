@@ -174,6 +174,15 @@ def parser(description: str, default_out: str = ".") -> argparse.ArgumentParser:
     return p
 
 
+def progress(iterable, desc: str, total: int | None = None):
+    """``iterable`` with a progress bar on standard error (tqdm; plain iteration without it)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # tqdm is in the examples extra; the loop runs the same without it
+        return iterable
+    return tqdm(iterable, desc=desc, total=total, leave=False)
+
+
 def out_dir(path: str) -> str:
     """Creates ``path`` if needed and returns it."""
     os.makedirs(path, exist_ok=True)

@@ -63,7 +63,7 @@ def train(params, opt_state, data, first: int, last: int, lr_drop: int, manager=
     """Steps ``first .. last - 1``; halves the learning rate at ``lr_drop``; saves each step
     the manager's policy asks for (``manager.save`` is a no-op on the other steps)."""
     step_fn = make_step(make_optimizer())
-    for step in range(first, last):
+    for step in _common.progress(range(first, last), "steps"):
         if step == lr_drop:  # changes a number in the state: no recompilation
             lr = aj.get_hyperparams(opt_state)["learning_rate"]
             opt_state = aj.set_hyperparams(opt_state, learning_rate=lr / 2)

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     rng = np.random.default_rng(0)
     losses = []
-    for _ in range(epochs):
+    for _ in _common.progress(range(epochs), "epochs"):
         for x, y in _common.epoch_batches(data, 32, rng):
             params, opt_state, loss = train_step(params, opt_state, x, y)
             losses.append(float(loss))

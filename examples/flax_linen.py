@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     rng = np.random.default_rng(0)
     batch = 32
     losses = []
-    for epoch in range(epochs):
+    for epoch in _common.progress(range(epochs), "epochs"):
         if epoch == epochs // 2 and epoch > 0:
             # The body's learning rate to a tenth, the head's unchanged: set_hyperparams
             # on the body's part of the PartitionState only.

@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     rng = np.random.default_rng(0)
     losses = []
-    for _ in range(epochs):
+    for _ in _common.progress(range(epochs), "epochs"):
         for x, y in _common.epoch_batches(data, 32, rng):
             losses.append(float(train_step(model, optimizer, x, y)))
         acc = float(evaluate(model, data.x_val, data.y_val))

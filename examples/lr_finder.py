@@ -46,7 +46,7 @@ def train(params, learning_rate: float, batches: list, epochs: int, data) -> flo
         return aj.apply_updates(params, updates), state
 
     state = tx.init(params)
-    for _ in range(epochs):
+    for _ in _common.progress(range(epochs), "epochs"):
         for batch in batches:
             params, state = step(params, state, batch)
     logits = _common.mlp_apply(params, data.x_val)

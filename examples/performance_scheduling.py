@@ -47,7 +47,7 @@ def make_optimizer(steps_per_epoch: int):
 
 def epochs_of_batches(data: _common.Digits, epochs: int):
     rng = np.random.default_rng(0)
-    for _ in range(epochs):
+    for _ in _common.progress(range(epochs), "epochs"):
         order = rng.permutation(len(data.y_train))
         yield [order[i : i + BATCH] for i in range(0, len(order) - BATCH + 1, BATCH)]
 
@@ -94,7 +94,8 @@ def run_linen(data: _common.Digits, epochs: int) -> list[dict]:
     )
     val_loss = linen_val_loss(state, data.x_val, data.y_val)
     history = []
-    for epoch, batches in enumerate(epochs_of_batches(data, epochs)):
+    for epoch, batches in _common.progress(
+            enumerate(epochs_of_batches(data, epochs)), "epochs", epochs):
         for idx in batches:  # every step of this epoch is fed the last validation loss
             state = linen_train_step(state, data.x_train[idx], data.y_train[idx], val_loss)
         val_loss = linen_val_loss(state, data.x_val, data.y_val)
@@ -122,7 +123,8 @@ def run_nnx(data: _common.Digits, epochs: int) -> list[dict]:
     optimizer = nnx.Optimizer(model, make_optimizer(steps_per_epoch), wrt=nnx.Param)
     val_loss = nnx_val_loss(model, data.x_val, data.y_val)
     history = []
-    for epoch, batches in enumerate(epochs_of_batches(data, epochs)):
+    for epoch, batches in _common.progress(
+            enumerate(epochs_of_batches(data, epochs)), "epochs", epochs):
         for idx in batches:
             nnx_train_step(model, optimizer, data.x_train[idx], data.y_train[idx], val_loss)
         val_loss = nnx_val_loss(model, data.x_val, data.y_val)
