@@ -41,7 +41,13 @@ import jax.numpy as jnp
 from accel_jax import _native_cache as cache
 
 SOURCE = Path(__file__).parent / "kernels" / "cpu_kernels.cc"
-TARGETS = ("accel_jax_adam_f32", "accel_jax_momentum_f32", "accel_jax_rms_f32")
+TARGETS = (
+    "accel_jax_adam_f32",
+    "accel_jax_momentum_f32",
+    "accel_jax_rms_f32",
+    "accel_jax_adam8_f32",
+    "accel_jax_adam_bf16",
+)
 _FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-w")
 
 _lock = threading.Lock()
@@ -194,8 +200,35 @@ def _rms(s, leaf, p, g, v):
     return p + (g / (jnp.sqrt(v + s[2]) + s[3])) * s[4], (v,)
 
 
+def _adam_bf16(s, leaf, p, g, m, v):
+    """Adam with bfloat16 moments: computed in float32, stored rounded, used as stored."""
+    m = (s[0] * m.astype(jnp.float32) + s[1] * g).astype(jnp.bfloat16)
+    v = (s[2] * v.astype(jnp.float32) + s[3] * (g * g)).astype(jnp.bfloat16)
+    mf, vf = m.astype(jnp.float32), v.astype(jnp.float32)
+    u = (mf / s[4]) / (jnp.sqrt(vf / s[5] + s[6]) + s[7]) + leaf * p
+    return p + u * s[8], (m, v)
+
+
+def _adam8(s, leaf, p, g, m_codes, m_scale, r_codes, r_scale):
+    """8-bit block-wise Adam (``transforms/quantized.py``); ``s[9]``: the count's int32 bits."""
+    from accel_jax.transforms.quantized import QuantizedArray, dequantize, quantize
+
+    count = jax.lax.bitcast_convert_type(s[9], jnp.int32)
+    block = m_codes.shape[1]
+    m = dequantize(QuantizedArray(m_codes, m_scale), p.shape)
+    r = dequantize(QuantizedArray(r_codes, r_scale), p.shape)
+    m = s[0] * m + s[1] * g
+    v = s[2] * (r * r) + s[3] * (g * g)
+    u = (m / s[4]) / (jnp.sqrt(v / s[5] + s[6]) + s[7]) + leaf * p
+    qm = quantize(m, block, salt=2 * count)
+    qr = quantize(jnp.sqrt(v), block, salt=2 * count + 1)
+    return p + u * s[8], (qm.codes, qm.scale, qr.codes, qr.scale)
+
+
 REFERENCES = {
     "accel_jax_adam_f32": _adam,
+    "accel_jax_adam8_f32": _adam8,
+    "accel_jax_adam_bf16": _adam_bf16,
     "accel_jax_momentum_f32": _momentum,
     "accel_jax_rms_f32": _rms,
 }

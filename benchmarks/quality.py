@@ -38,15 +38,18 @@ def digits_loss(params, x, y):
     return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], axis=1))
 
 
-def train_digits(tx, steps: int = 500, batch_size: int = 128, seed: int = 1):
-    """Trains with ``tx`` on mini-batches; returns ``(final full-data loss, state bytes)``."""
+def train_digits(tx, steps: int = 500, batch_size: int = 128, seed: int = 1, kernel=None):
+    """Trains with ``tx`` on mini-batches; returns ``(final full-data loss, state bytes)``.
+
+    ``kernel``: as :func:`accel_jax.apply_step` (``True``: the native CPU kernel).
+    """
     params, x, y = digits_problem()
     state = tx.init(params)
 
     @jax.jit
     def step(params, state, xb, yb):
         grads = jax.grad(digits_loss)(params, xb, yb)
-        return aj.apply_step(tx, params, state, grads)
+        return aj.apply_step(tx, params, state, grads, kernel=kernel)
 
     rng = np.random.default_rng(seed)
     for _ in range(steps):

@@ -53,6 +53,9 @@ OPTIMIZERS = ("adam", "adamw", "sgd_nesterov", "rmsprop")
 # Bytes per float32 parameter an ideal step must move: reads + writes of
 # params, grads and each state array.
 IDEAL_BYTES = {"adam": 28, "adamw": 28, "sgd_nesterov": 20, "rmsprop": 20}
+# Timed together, round after round (8-bit: Adam and AdamW only).
+IMPLS = ("optax", "accel_jax xla", "accel_jax", "accel_jax flat", "flax TrainState",
+         "aj.flax.TrainState", "nnx.Optimizer", "aj.flax.Optimizer", "accel_jax 8-bit")
 
 
 # ----------------------------------------------------------------------------- trees
@@ -135,20 +138,86 @@ def jax_step(tx):
     return jax.jit(step, donate_argnums=(0, 1))
 
 
+def eight_bit(opt):
+    """8-bit block-wise state of Adam or AdamW (the others have none)."""
+    if opt == "adamw":
+        return aj.adamw(LR, weight_decay=1e-2, state_bits=8)
+    return aj.adam(LR, state_bits=8)
+
+
+def train_state_step(cls, tx, params):
+    """A Flax ``TrainState`` and its jitted, donated ``apply_gradients`` (the user's loop)."""
+    ts = cls.create(apply_fn=None, params=params, tx=tx)
+    step = jax.jit(lambda ts, _, g: (ts.apply_gradients(grads=g), None), donate_argnums=0)
+    return ts, step
+
+
+def nnx_module(tree):
+    """An NNX module whose ``nnx.Param`` attributes are the tree's leaves."""
+    from flax import nnx
+
+    class Holder(nnx.Module):
+        def __init__(self, tree):
+            for k, v in tree.items():
+                setattr(self, k, nnx.Param(v))
+
+    return Holder(tree)
+
+
+def nnx_grads(grads):
+    from flax import nnx
+
+    return nnx.state(nnx_module(grads), nnx.Param)
+
+
+def nnx_optimizer_step(impl, tx, params):
+    """``(model, optimizer)`` and a donated ``nnx.jit`` step calling ``optimizer.update``."""
+    from flax import nnx
+
+    model = nnx_module(params)
+    cls = nnx.Optimizer if impl == "nnx.Optimizer" else aj.flax.Optimizer
+    optimizer = cls(model, tx, wrt=nnx.Param)
+
+    @nnx.jit(donate_argnums=(0, 1))
+    def step(model, optimizer, grads):
+        optimizer.update(model, grads)
+
+    return (model, optimizer), step
+
+
 class JaxCase:
-    """One implementation's jitted step with its own params and state."""
+    """One implementation's jitted step with its own params and state.
+
+    ``optax``: optax's ``update`` + ``apply_updates`` in one donated jit (what
+    ``nnx.Optimizer`` and ``TrainState`` run); ``accel_jax``: ``aj.make_step`` (the
+    native CPU kernel where the optimizer has one); ``accel_jax xla``: the same on
+    the XLA path (= accel_jax's tx in the plain loop); ``accel_jax flat``: flat
+    params; ``flax TrainState``: Flax's with optax's tx; ``aj.flax.TrainState``: the
+    drop-in (kernel); ``accel_jax 8-bit`` / ``8-bit xla``: 8-bit state, kernel / XLA.
+    """
 
     def __init__(self, impl, opt, shapes, grads):
         params = make_tree(shapes, 0)
+        lib = "optax" if impl in ("optax", "flax TrainState", "nnx.Optimizer") else "accel_jax"
+        self.nnx = False
+        self.tx = eight_bit(opt) if "8-bit" in impl else jax_optimizer(lib, opt)
+        if impl in ("nnx.Optimizer", "aj.flax.Optimizer"):
+            self.params, self.step = nnx_optimizer_step(impl, self.tx, params)
+            self.state, self.grads, self.times = None, nnx_grads(grads), []
+            self.nnx = True
+            return
+        if impl in ("flax TrainState", "aj.flax.TrainState"):
+            from flax.training import train_state
+
+            cls = train_state.TrainState if impl == "flax TrainState" else aj.flax.TrainState
+            self.params, self.step = train_state_step(cls, self.tx, params)
+            self.state, self.grads, self.times = None, grads, []
+            return
         if impl == "optax":
-            self.tx = jax_optimizer("optax", opt)
             self.step = jax_step(self.tx)
         else:
-            self.tx = aj.adam(LR, state_bits=8) if impl == "accel_jax 8-bit" else (
-                jax_optimizer("accel_jax", opt))
-            # "accel_jax" is the default step: the native CPU kernel where the optimizer
-            # has one (Adam, AdamW); "accel_jax xla" forces the XLA path.
-            self.step = aj.make_step(self.tx, kernel=False if impl == "accel_jax xla" else None)
+            xla = impl in ("accel_jax xla", "accel_jax 8-bit xla")
+            self.step = aj.make_step(self.tx, kernel=False if xla else None)
         if impl == "accel_jax flat":
             params, layout = aj.flatten_params(params)
             grads = layout.flatten(grads)  # a flat-params model's gradients come out flat
@@ -156,10 +225,28 @@ class JaxCase:
         self.state = self.tx.init(params)
         self.times = []
 
+    def state_bytes(self):
+        if self.nnx:
+            from flax import nnx
+
+            return aj.state_bytes(nnx.as_pure(self.params[1].opt_state))
+        return aj.state_bytes(self.params.opt_state if self.state is None else self.state)
+
+    def temp_bytes(self):
+        """XLA's temporary buffers of the compiled step (counted, not timed)."""
+        if self.nnx:
+            return None
+        compiled = self.step.lower(self.params, self.state, self.grads).compile()
+        return int(compiled.memory_analysis().temp_size_in_bytes)
+
     def run(self, timed=True):
         t0 = time.perf_counter()
-        self.params, self.state = self.step(self.params, self.state, self.grads)
-        jax.block_until_ready((self.params, self.state))
+        if self.nnx:  # updates the model and optimizer in place
+            self.step(*self.params, self.grads)
+            jax.block_until_ready(jax.tree.leaves(self.params[1].opt_state))
+        else:
+            self.params, self.state = self.step(self.params, self.state, self.grads)
+            jax.block_until_ready((self.params, self.state))
         if timed:
             self.times.append(time.perf_counter() - t0)
 
@@ -197,7 +284,30 @@ class DispatchFloor(JaxCase):
         self.state = (make_tree(shapes, 2), make_tree(shapes, 3))
         self.grads = grads
         self.step = jax.jit(lambda p, s, g: (p, s), donate_argnums=(0, 1))
+        self.times, self.nnx = [], False
+
+
+class TorchCase:
+    """torch.optim's fused step, timed in the same rounds as the JAX steps."""
+
+    def __init__(self, opt, shapes):
+        import torch
+
+        torch.manual_seed(0)
+        self.params = [torch.nn.Parameter(torch.randn(s) * 0.02) for s in shapes]
+        for p in self.params:
+            p.grad = torch.randn(p.shape) * 0.02
+        self.o = torch_optimizer(opt, self.params, "fused")
         self.times = []
+
+    def run(self, timed=True):
+        import torch
+
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            self.o.step()
+        if timed:
+            self.times.append(time.perf_counter() - t0)
 
 
 def interleaved(cases, repeats, warmup=2):
@@ -293,6 +403,17 @@ def compile_time(impl, leaves, size, train_step=False):
 # ----------------------------------------------------------------------------- main
 
 
+def flat_times(leaves: int) -> dict:
+    """Seconds of eager ``flatten_params`` and of the first eager ``layout.unflatten``."""
+    params = {f"p{i:05d}": jnp.full((32, 32), i, jnp.float32) for i in range(leaves)}
+    t0 = time.perf_counter()
+    flat, layout = aj.flatten_params(params)
+    jax.block_until_ready(flat)
+    t1 = time.perf_counter()
+    jax.block_until_ready(layout.unflatten(flat))
+    return {"leaves": leaves, "flatten_s": t1 - t0, "unflatten_s": time.perf_counter() - t1}
+
+
 def machine() -> dict:
     cpu = platform.processor()
     try:
@@ -328,6 +449,15 @@ def main(argv=None) -> dict:
     ap.add_argument("--no-torch", action="store_true")
     ap.add_argument("--no-quality", action="store_true")
     ap.add_argument("--json", default=None, help="also write the results to this file")
+    ap.add_argument("--impls", default=",".join(IMPLS),
+                    help="implementations timed together (optax always): " + ", ".join(IMPLS))
+    ap.add_argument("--no-flax", action="store_true",
+                    help="without the TrainState and nnx.Optimizer cases")
+    ap.add_argument("--flat-leaves", default=None,
+                    help="time eager flatten_params and the first unflatten at these leaf "
+                         "counts (leaves of 1,024 values), e.g. 1000,10000; default none")
+    ap.add_argument("--quick-extras", action="store_true",
+                    help="skip the slow 8-bit XLA-path step (timed alone)")
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 9)
     trees = [t for t in args.trees.split(",") if t]
@@ -352,40 +482,57 @@ def main(argv=None) -> dict:
     print("machine:", json.dumps(results["machine"]))
 
     n_a = sum(int(np.prod(s)) for s in tree_shapes("A", args.quick))
-    impls = ["optax", "accel_jax xla", "accel_jax", "accel_jax flat"]
-    torch_modes = ["for-loop", "foreach", "fused"] if have_torch else []
+    impls = [i for i in args.impls.split(",") if i]
+    for i in impls:
+        if i not in IMPLS:
+            ap.error(f"unknown implementation {i!r}; choose from {IMPLS}")
+    impls = ["optax"] + [i for i in impls if i != "optax"]  # the ratios' baseline first
+    torch_modes = ["for-loop", "foreach"] if have_torch else []
     triads = []
     for tree in trees:
         shapes = tree_shapes(tree, args.quick)
         n = sum(int(np.prod(s)) for s in shapes)
         print(f"\n== tree {tree}: {len(shapes)} leaves, {n:,} values")
-        print(f"{'optimizer':<13} {'implementation':<18} {'median ms':>10} {'IQR':>5} "
-              f"{'GB/s':>6} {'% triad':>7} {'vs optax':>8} {'state MB':>9}")
+        print(f"{'optimizer':<13} {'implementation':<20} {'median ms':>10} {'IQR':>5} "
+              f"{'GB/s':>6} {'% triad':>7} {'vs optax':>8} {'state MB':>9} {'temp/params':>9}")
         for opt in opts:
             gc.collect()
             # optax, accel_jax and the triad in turn, round after round: the ratios
             # and the triad fraction compare steps taken under the same load.
             grads = make_tree(shapes, 1)
-            cases = [JaxCase(i, opt, shapes, grads) for i in impls]
+            names = [i for i in impls if "8-bit" not in i or opt in ("adam", "adamw")]
+            flax_cases = ("TrainState", "Optimizer")
+            names = [i for i in names if not (args.no_flax and any(f in i for f in flax_cases))]
+            cases = [JaxCase(i, opt, shapes, grads) for i in names]
+            if have_torch and opt != "rmsprop":  # torch 2.13's RMSprop has no fused step
+                names.append("torch fused")
+                cases.append(TorchCase(opt, shapes))
             tri = Triad(n_a)
             floor = DispatchFloor(shapes, grads) if opt == "adam" else None
             interleaved([*cases, tri, *([floor] if floor else [])], repeats)
             t = tri.result()
             triads.append({"tree": tree, "optimizer": opt, **t})
             rows = []
-            for impl, c in zip(impls, cases, strict=True):
-                rows.append((impl, {**summarize(c.times), "state_bytes": aj.state_bytes(c.state)}))
+            for impl, c in zip(names, cases, strict=True):
+                r = summarize(c.times)
+                if isinstance(c, JaxCase):
+                    r.update(state_bytes=c.state_bytes())
+                    if c.temp_bytes() is not None:
+                        r.update(temp_bytes=c.temp_bytes())
+                rows.append((impl, r))
             del cases, grads, tri
             gc.collect()
-            # Then, one at a time (they need more memory or are much slower):
-            extra = [("accel_jax 8-bit", "jax")] if opt == "adam" else []
+            # Then, one at a time (much slower):
+            extra = [("accel_jax 8-bit xla", "jax")] if opt in ("adam", "adamw") else []
+            extra = [] if args.quick_extras else extra
             extra += [(f"torch {m}", "torch") for m in torch_modes]
             for impl, kind in extra:
                 gc.collect()
                 if kind == "jax":
                     c = JaxCase(impl, opt, shapes, make_tree(shapes, 1))
                     interleaved([c], repeats)
-                    r = {**summarize(c.times), "state_bytes": aj.state_bytes(c.state)}
+                    r = {**summarize(c.times), "state_bytes": c.state_bytes(),
+                         "temp_bytes": c.temp_bytes()}
                     del c
                 else:
                     r = bench_torch(impl.split(" ", 1)[1], opt, shapes, repeats)
@@ -401,9 +548,11 @@ def main(argv=None) -> dict:
                 gbs = IDEAL_BYTES[opt] * n / r["median_s"] / 1e9
                 r.update(gb_s=gbs, triad_fraction=gbs / t["gb_s"],
                          ratio_vs_optax=r["median_s"] / base)
-                print(f"{opt:<13} {impl:<18} {r['median_s'] * 1e3:>10.2f} {r['iqr_rel']:>5.0%} "
+                temp = (f" {r['temp_bytes'] / (4 * n):>9.3f}" if "temp_bytes" in r else "")
+                state_mb = r["state_bytes"] / 2**20 if "state_bytes" in r else float("nan")
+                print(f"{opt:<13} {impl:<20} {r['median_s'] * 1e3:>10.2f} {r['iqr_rel']:>5.0%} "
                       f"{gbs:>6.1f} {r['triad_fraction']:>7.0%} {r['ratio_vs_optax']:>8.2f} "
-                      f"{r['state_bytes'] / 2**20:>9.1f}", flush=True)
+                      f"{state_mb:>9.1f}{temp}", flush=True)
             print(f"{'':<13} {'(triad, same rounds)':<18} {t['median_s'] * 1e3:>10.2f} "
                   f"{t['iqr_rel']:>5.0%} {t['gb_s']:>6.1f}", flush=True)
             if floor is not None:
@@ -414,6 +563,13 @@ def main(argv=None) -> dict:
                       flush=True)
                 del floor
     results["triad"] = triads
+
+    for leaves in [int(x) for x in (args.flat_leaves or "").split(",") if x]:
+        results.setdefault("flat", []).append(flat_times(leaves))
+        r = results["flat"][-1]
+        print(f"\n== flat params, {leaves} leaves of 1,024 values: flatten_params "
+              f"{r['flatten_s']:.2f} s, first layout.unflatten {r['unflatten_s']:.2f} s "
+              f"(eager)", flush=True)
 
     if compile_leaves:
         size = 64 if args.quick else 1024

@@ -25,6 +25,8 @@ def test_step_time_quick_runs(tmp_path):
     results = json.loads(out.read_text())
     impls = {r["implementation"] for r in results["steps"]}
     assert {"optax", "accel_jax", "accel_jax xla", "accel_jax flat", "accel_jax 8-bit"} <= impls
+    assert {"flax TrainState", "aj.flax.TrainState", "nnx.Optimizer", "aj.flax.Optimizer",
+            "accel_jax 8-bit xla"} <= impls
     assert results["dispatch_floor"][0]["tree"] == "C"
     assert results["compile"][0]["leaves"] == 10
     assert set(results["quality"]) == {"float32", "bfloat16 moments", "8-bit block-wise"}

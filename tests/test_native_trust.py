@@ -311,8 +311,9 @@ def test_without_a_compiler_everything_runs_on_the_xla_path(tmp_path):
 
 
 def test_default_with_no_float32_leaf_is_the_xla_path():
-    """bf16 moments: no leaf qualifies, and the default (kernel=None) step is the XLA one."""
-    tx = aj.adam(1e-2, mu_dtype=jnp.bfloat16, nu_dtype=jnp.bfloat16)
+    """bf16 mu with float32 nu (no kernel has that layout): no leaf qualifies, and the
+    default (kernel=None) step is the XLA one."""
+    tx = aj.adam(1e-2, mu_dtype=jnp.bfloat16, nu_dtype=jnp.float32)
     params = layer_like_params()
     state = tx.init(params)
     grads = random_grads(params, 0)

@@ -192,3 +192,15 @@ def test_digits_final_loss_within_5_percent_of_float32_state(standard_promotion)
         assert abs(loss / fp32_loss - 1) <= 0.05, (name, loss, fp32_loss)
     assert results["8-bit block-wise"][1] <= 0.3 * fp32_bytes
     assert results["bfloat16 moments"][1] <= 0.51 * fp32_bytes
+
+
+def test_a_small_leaf_with_the_wrong_shape_is_refused():
+    """Small leaves keep plain moments: a (3,) gradient for a (2, 3) param was broadcast."""
+    tx = aj.scale_by_adam_8bit()
+    state = tx.init({"w": jnp.ones((2, 3))})
+    with pytest.raises(ValueError, match=r"at path \['w'\] the update has shape \(3,\)"):
+        tx.update({"w": jnp.ones(3)}, state)
+    tx = aj.scale_by_adam_8bit(min_quantized_size=1, block_size=4)
+    state = tx.init({"w": jnp.ones((2, 3))})  # quantized: 2 blocks of 4
+    with pytest.raises(ValueError, match=r"at path \['w'\].*quantized moment holds 2 blocks"):
+        tx.update({"w": jnp.ones(20)}, state)

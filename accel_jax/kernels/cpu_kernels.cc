@@ -24,10 +24,18 @@
 //   (a = 1, c = -lr: velocity then learning rate; a = -lr, c = 1: the reverse)
 // accel_jax_rms_f32, K = 5: decay, 1-decay, eps_root, eps, -lr
 //   v = decay*v + (1-decay)*(g*g);  p = p + (g / (sqrt(v + eps_root) + eps)) * (-lr)
+//
+// accel_jax_adam8_f32: Adam with 8-bit block-wise moments (transforms/quantized.py),
+// S = 4 slots per leaf: m codes (u8[blocks, B]), m scales (f32[blocks]), codes and
+// scales of r = sqrt(v); K = 10: Adam's nine, then the step count's int32 bits. One
+// pass per block: decode, Adam's update (as above, v = r*r), then encode m and
+// sqrt(v) with the same stochastic rounding as quantize() (a hash of the index
+// and the salt 2*count, 2*count + 1).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <thread>
@@ -228,6 +236,319 @@ ffi::Error Handler(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
                          });
 }
 
+
+// ------------------------------------------------------------ 8-bit block-wise Adam
+// Codes: float8_e4m3fn bit patterns of value / block_max * 448 (see quantized.py).
+
+// Branch-free: every select below is a bitwise blend of values already computed
+// (a `c ? x : y` whose arms hold float operations stays a branch under GCC's
+// default -ftrapping-math, and the loop would not vectorize).
+inline uint32_t Bits(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, 4);
+  return b;
+}
+inline float Float(uint32_t b) {
+  float x;
+  std::memcpy(&x, &b, 4);
+  return x;
+}
+inline float Select(bool c, float x, float y) {
+  const uint32_t mask = 0u - static_cast<uint32_t>(c);
+  return Float((Bits(x) & mask) | (Bits(y) & ~mask));
+}
+
+inline float Decode(uint8_t code, float unit) {  // unit = scale * (1 / 448)
+  const uint32_t mag = code & 0x7Fu;
+  const float normal = Float((mag + (120u << 3)) << 20);
+  const float sub = static_cast<float>(static_cast<int32_t>(mag)) * 0x1p-9f;
+  const uint32_t sign = static_cast<uint32_t>(code & 0x80u) << 24;  // exactly -x
+  return Float(Bits(Select(mag >= 8, normal, sub)) ^ sign) * unit;
+}
+
+inline uint32_t Hash(uint32_t index, uint32_t salt_term) {
+  uint32_t h = (index * 0x9E3779B9u) ^ salt_term;
+  h ^= h >> 16;
+  h *= 0x85EBCA6Bu;
+  h ^= h >> 13;
+  h *= 0xC2B2AE35u;
+  h ^= h >> 16;
+  return h;
+}
+
+inline uint8_t Encode(float x, float inv, uint32_t index, uint32_t salt_term) {
+  const float y = x * inv;
+  const float ay = std::fabs(y);
+  const float a = Select(448.0f < ay, 448.0f, ay);  // NaN stays NaN, as jnp.minimum
+  const uint32_t bits = Bits(a);
+  const bool normal = a >= 0x1p-6f;
+  const float sub = a * 512.0f;  // used below 2^-6 only: in [0, 8), where floor = truncation
+  const int32_t sub_code = static_cast<int32_t>(sub);  // (std::floor does not vectorize)
+  const float fl = static_cast<float>(sub_code);
+  const int32_t normal_code = static_cast<int32_t>(bits >> 20) - (120 << 3);
+  const int32_t mask = -static_cast<int32_t>(normal);
+  int32_t code = (normal_code & mask) | (sub_code & ~mask);
+  const float frac = Select(
+      normal, static_cast<float>(static_cast<int32_t>(bits & 0xFFFFFu)) * 0x1p-20f, sub - fl);
+  const float u = static_cast<float>(static_cast<int32_t>(Hash(index, salt_term) >> 8)) * 0x1p-24f;
+  code += static_cast<int32_t>(u < frac);
+  code = std::min(code, 0x7E);
+  code = std::max(code, 0);  // a NaN value: code 0, as XLA converts NaN to 0
+  return static_cast<uint8_t>(code | (static_cast<int32_t>(y < 0.0f) << 7));
+}
+
+struct Adam8Leaf {
+  const float* p;
+  const float* g;
+  const uint8_t* mc;
+  const float* ms;
+  const uint8_t* rc;
+  const float* rs;
+  float* p_out;
+  uint8_t* mc_out;
+  float* ms_out;
+  uint8_t* rc_out;
+  float* rs_out;
+  int64_t n;      // values
+  int64_t block;  // values per block
+  float wd;
+};
+
+void EncodeBlock(const float* x, int64_t n, float inv, uint32_t index0, uint32_t salt_term,
+                 uint8_t* codes) {
+#pragma GCC ivdep
+  for (int64_t k = 0; k < n; ++k) {
+    codes[k] = Encode(x[k], inv, index0 + static_cast<uint32_t>(k), salt_term);
+  }
+}
+
+// Blocks [b0, b1) of one leaf; m and r (= sqrt(v)) are staged in `buf` (2 * block floats).
+template <bool kNoEpsRoot>
+void Adam8Blocks(const float* s, const Adam8Leaf& L, int64_t b0, int64_t b1, float* buf) {
+  const float b1c = s[0], c1 = s[1], b2 = s[2], c2 = s[3];
+  const float inv_bc1 = 1.0f / s[4], inv_bc2 = 1.0f / s[5], inv_sqrt_bc2 = 1.0f / std::sqrt(s[5]);
+  const float eps_root = s[6], eps = s[7], neg_lr = s[8];
+  uint32_t count;
+  std::memcpy(&count, &s[9], 4);
+  const uint32_t salt_m = (2u * count) * 0x632BE5ABu;
+  const uint32_t salt_r = (2u * count + 1u) * 0x632BE5ABu;
+  const int64_t B = L.block;
+  float* m = buf;
+  float* r = buf + B;
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t start = b * B;
+    const int64_t n = std::min<int64_t>(B, L.n - start);
+    // XLA rewrites the division by the constant 448 as a multiplication (to the bit).
+    const float mu = L.ms[b] * (1.0f / 448.0f), ru = L.rs[b] * (1.0f / 448.0f);
+    const uint8_t* mc = L.mc + start;
+    const uint8_t* rc = L.rc + start;
+    const float* p = L.p + start;
+    const float* g = L.g + start;
+    float* p_out = L.p_out + start;
+    // max |m| and max sqrt(v) as bits: non-negative floats order as their bits, and a
+    // NaN (above infinity) wins, as jnp.max propagates it.
+    uint32_t mmax_bits = 0, rmax_bits = 0;
+#pragma GCC ivdep
+    for (int64_t k = 0; k < n; ++k) {
+      const float gk = g[k], pk = p[k];
+      const float r_old = Decode(rc[k], ru);
+      const float mk = b1c * Decode(mc[k], mu) + c1 * gk;
+      const float vk = b2 * (r_old * r_old) + c2 * (gk * gk);
+      const float rk = std::sqrt(vk);
+      // The codes depend on mk and rk only; the update may round differently from XLA's
+      // (float32 rounding, as every kernel): reciprocals instead of two divisions, and
+      // without eps_root sqrt(v / bc2) = sqrt(v) / sqrt(bc2), one square root per value.
+      const float denom = kNoEpsRoot ? rk * inv_sqrt_bc2 : std::sqrt(vk * inv_bc2 + eps_root);
+      const float u = (mk * inv_bc1) / (denom + eps) + L.wd * pk;
+      p_out[k] = pk + u * neg_lr;
+      m[k] = mk;
+      r[k] = rk;
+      mmax_bits = std::max(mmax_bits, Bits(mk) & 0x7FFFFFFFu);
+      rmax_bits = std::max(rmax_bits, Bits(rk) & 0x7FFFFFFFu);
+    }
+    for (int64_t k = n; k < B; ++k) m[k] = r[k] = 0.0f;  // padding, as quantize() pads
+    const float mmax = Float(mmax_bits), rmax = Float(rmax_bits);
+    const float minv = mmax > 0.0f ? 448.0f / mmax : 0.0f;
+    const float rinv = rmax > 0.0f ? 448.0f / rmax : 0.0f;
+    const uint32_t index0 = static_cast<uint32_t>(start);
+    EncodeBlock(m, B, minv, index0, salt_m, L.mc_out + start);
+    EncodeBlock(r, B, rinv, index0, salt_r, L.rc_out + start);
+    L.ms_out[b] = mmax;
+    L.rs_out[b] = rmax;
+  }
+}
+
+ffi::Error Adam8Handler(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
+                        ffi::Buffer<ffi::F32> leaf_scalars, ffi::RemainingArgs args,
+                        ffi::RemainingRets rets) {
+  const std::string who = "accel_jax_adam8_f32";
+  if (scalars.element_count() != 10) {
+    return ffi::Error::InvalidArgument(who + ": wrong number of scalars");
+  }
+  const int64_t L = static_cast<int64_t>(leaf_scalars.element_count());
+  if (static_cast<int64_t>(args.size()) != 6 * L || static_cast<int64_t>(rets.size()) != 5 * L) {
+    return ffi::Error::InvalidArgument(who + ": operand count does not match the leaves");
+  }
+  std::vector<Adam8Leaf> leaves(L);
+  std::vector<int64_t> blocks(L);
+  int64_t total = 0, max_block = 1;
+  for (int64_t i = 0; i < L; ++i) {
+    auto p = args.get<ffi::Buffer<ffi::F32>>(i);
+    auto g = args.get<ffi::Buffer<ffi::F32>>(L + i);
+    auto mc = args.get<ffi::Buffer<ffi::U8>>(2 * L + i);
+    auto ms = args.get<ffi::Buffer<ffi::F32>>(3 * L + i);
+    auto rc = args.get<ffi::Buffer<ffi::U8>>(4 * L + i);
+    auto rs = args.get<ffi::Buffer<ffi::F32>>(5 * L + i);
+    auto po = rets.get<ffi::Buffer<ffi::F32>>(i);
+    auto mco = rets.get<ffi::Buffer<ffi::U8>>(L + i);
+    auto mso = rets.get<ffi::Buffer<ffi::F32>>(2 * L + i);
+    auto rco = rets.get<ffi::Buffer<ffi::U8>>(3 * L + i);
+    auto rso = rets.get<ffi::Buffer<ffi::F32>>(4 * L + i);
+    if (!p || !g || !mc || !ms || !rc || !rs || !po || !mco || !mso || !rco || !rso) {
+      return ffi::Error::InvalidArgument(who + ": operand dtypes do not match the kernel");
+    }
+    const int64_t n = static_cast<int64_t>(p->element_count());
+    const int64_t nb = static_cast<int64_t>(ms->element_count());
+    const int64_t codes = static_cast<int64_t>(mc->element_count());
+    if (nb <= 0 || codes % nb != 0 || g->element_count() != p->element_count() ||
+        rs->element_count() != ms->element_count() || rc->element_count() != mc->element_count() ||
+        (*po)->element_count() != p->element_count() ||
+        (*mco)->element_count() != mc->element_count() ||
+        (*rco)->element_count() != rc->element_count() ||
+        (*mso)->element_count() != ms->element_count() ||
+        (*rso)->element_count() != rs->element_count()) {
+      return ffi::Error::InvalidArgument(who + ": operand sizes do not match");
+    }
+    const int64_t B = codes / nb;
+    if (n > nb * B || n <= (nb - 1) * B) {
+      return ffi::Error::InvalidArgument(who + ": blocks do not cover the leaf");
+    }
+    leaves[i] = {p->typed_data(),     g->typed_data(),     mc->typed_data(),
+                 ms->typed_data(),    rc->typed_data(),    rs->typed_data(),
+                 (*po)->typed_data(), (*mco)->typed_data(), (*mso)->typed_data(),
+                 (*rco)->typed_data(), (*rso)->typed_data(), n, B,
+                 leaf_scalars.typed_data()[i]};
+    blocks[i] = nb;
+    total += n;
+    max_block = std::max(max_block, B);
+  }
+  // Units of whole blocks, about 64K values each.
+  std::vector<Unit> units;
+  for (int64_t i = 0; i < L; ++i) {
+    const int64_t per = std::max<int64_t>(1, (1 << 16) / leaves[i].block);
+    for (int64_t b = 0; b < blocks[i]; b += per) {
+      units.push_back({i, b, std::min(blocks[i], b + per)});
+    }
+  }
+  const float* s = scalars.typed_data();
+  ParallelFor(pool, std::move(units), total, [s, &leaves, max_block](const Unit& u) {
+    thread_local std::vector<float> buf;
+    if (static_cast<int64_t>(buf.size()) < 2 * max_block) buf.resize(2 * max_block);
+    if (s[6] == 0.0f) {
+      Adam8Blocks<true>(s, leaves[u.leaf], u.begin, u.end, buf.data());
+    } else {
+      Adam8Blocks<false>(s, leaves[u.leaf], u.begin, u.end, buf.data());
+    }
+  });
+  return ffi::Error::Success();
+}
+
+
+// ------------------------------------------------------------ Adam, bfloat16 moments
+// accel_jax_adam_bf16: as accel_jax_adam_f32 with m and v stored as bfloat16 (S = 2,
+// K = 9): computed in float32 from the stored values, rounded to nearest even as XLA
+// converts, and the update computed from the rounded (stored) moments, as
+// scale_by_adam(mu_dtype=bfloat16, nu_dtype=bfloat16) does.
+
+inline float FromBf16(uint16_t h) { return Float(static_cast<uint32_t>(h) << 16); }
+
+inline uint16_t ToBf16(float x) {
+  const uint32_t b = Bits(x);
+  const uint32_t rounded = (b + 0x7FFFu + ((b >> 16) & 1u)) >> 16;
+  const uint32_t quiet_nan = (b >> 16) | 0x40u;
+  const uint32_t is_nan = static_cast<uint32_t>((b & 0x7FFFFFFFu) > 0x7F800000u);
+  const uint32_t mask = 0u - is_nan;
+  return static_cast<uint16_t>((quiet_nan & mask) | (rounded & ~mask));
+}
+
+void AdamBf16Loop(int64_t n, const float* s, float wd, const float* p, const float* g,
+                  const uint16_t* m, const uint16_t* v, float* p_out, uint16_t* m_out,
+                  uint16_t* v_out) {
+  const float b1 = s[0], c1 = s[1], b2 = s[2], c2 = s[3], bc1 = s[4], bc2 = s[5];
+  const float eps_root = s[6], eps = s[7], neg_lr = s[8];
+#pragma GCC ivdep
+  for (int64_t k = 0; k < n; ++k) {
+    const float gk = g[k];
+    const float pk = p[k];
+    const uint16_t mq = ToBf16(b1 * FromBf16(m[k]) + c1 * gk);
+    const uint16_t vq = ToBf16(b2 * FromBf16(v[k]) + c2 * (gk * gk));
+    const float u =
+        (FromBf16(mq) / bc1) / (std::sqrt(FromBf16(vq) / bc2 + eps_root) + eps) + wd * pk;
+    p_out[k] = pk + u * neg_lr;
+    m_out[k] = mq;
+    v_out[k] = vq;
+  }
+}
+
+ffi::Error AdamBf16Handler(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
+                           ffi::Buffer<ffi::F32> leaf_scalars, ffi::RemainingArgs args,
+                           ffi::RemainingRets rets) {
+  const std::string who = "accel_jax_adam_bf16";
+  if (scalars.element_count() != 9) {
+    return ffi::Error::InvalidArgument(who + ": wrong number of scalars");
+  }
+  const int64_t L = static_cast<int64_t>(leaf_scalars.element_count());
+  if (static_cast<int64_t>(args.size()) != 4 * L || static_cast<int64_t>(rets.size()) != 3 * L) {
+    return ffi::Error::InvalidArgument(who + ": operand count does not match the leaves");
+  }
+  struct Ptrs {
+    const float *p, *g;
+    const uint16_t *m, *v;
+    float* p_out;
+    uint16_t *m_out, *v_out;
+    float wd;
+  };
+  std::vector<Ptrs> leaves(L);
+  std::vector<int64_t> sizes(L);
+  int64_t total = 0;
+  for (int64_t i = 0; i < L; ++i) {
+    auto p = args.get<ffi::Buffer<ffi::F32>>(i);
+    auto g = args.get<ffi::Buffer<ffi::F32>>(L + i);
+    auto m = args.get<ffi::Buffer<ffi::BF16>>(2 * L + i);
+    auto v = args.get<ffi::Buffer<ffi::BF16>>(3 * L + i);
+    auto po = rets.get<ffi::Buffer<ffi::F32>>(i);
+    auto mo = rets.get<ffi::Buffer<ffi::BF16>>(L + i);
+    auto vo = rets.get<ffi::Buffer<ffi::BF16>>(2 * L + i);
+    if (!p || !g || !m || !v || !po || !mo || !vo) {
+      return ffi::Error::InvalidArgument(who + ": operand dtypes do not match the kernel");
+    }
+    const size_t n = p->element_count();
+    if (g->element_count() != n || m->element_count() != n || v->element_count() != n ||
+        (*po)->element_count() != n || (*mo)->element_count() != n ||
+        (*vo)->element_count() != n) {
+      return ffi::Error::InvalidArgument(who + ": leaf sizes differ");
+    }
+    leaves[i] = {p->typed_data(),
+                 g->typed_data(),
+                 reinterpret_cast<const uint16_t*>(m->untyped_data()),
+                 reinterpret_cast<const uint16_t*>(v->untyped_data()),
+                 (*po)->typed_data(),
+                 reinterpret_cast<uint16_t*>((*mo)->untyped_data()),
+                 reinterpret_cast<uint16_t*>((*vo)->untyped_data()),
+                 leaf_scalars.typed_data()[i]};
+    sizes[i] = static_cast<int64_t>(n);
+    total += sizes[i];
+  }
+  const float* s = scalars.typed_data();
+  ParallelFor(pool, MakeUnits(sizes, 1 << 16), total, [s, &leaves](const Unit& u) {
+    const Ptrs& P = leaves[u.leaf];
+    const int64_t b = u.begin;
+    AdamBf16Loop(u.end - b, s, P.wd, P.p + b, P.g + b, P.m + b, P.v + b, P.p_out + b,
+                 P.m_out + b, P.v_out + b);
+  });
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 #define ACCEL_JAX_BIND                                   \
@@ -241,3 +562,5 @@ ffi::Error Handler(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_adam_f32, Handler<Adam>, ACCEL_JAX_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_momentum_f32, Handler<Momentum>, ACCEL_JAX_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_rms_f32, Handler<Rms>, ACCEL_JAX_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_adam8_f32, Adam8Handler, ACCEL_JAX_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_adam_bf16, AdamBf16Handler, ACCEL_JAX_BIND);

@@ -12,6 +12,7 @@ from accel_jax.transforms.adaptive import (
     adam_eps,
     bias_correction,
 )
+from accel_jax.transforms.quantized import QuantizedArray, _is_quantized
 
 # ----------------------------------------------------------------- native kernels
 # Each spec maps a chain built above onto its kernel in kernels/cpu_kernels.cc
@@ -26,8 +27,8 @@ def _lr(lr_state) -> jax.Array:
 
 
 def with_adam_kernel(tx, s, eps_root, amsgrad, state_bits, *, decays=False, mask=None):
-    """Registers the native step of chain(scale_by_adam, [add_decayed_weights], lr)."""
-    if amsgrad or state_bits != 32:
+    """Registers the native step of chain(scale_by_adam[_8bit], [add_decayed_weights], lr)."""
+    if amsgrad or state_bits not in (8, 32):
         return tx
 
     def scalars(state):
@@ -45,14 +46,78 @@ def with_adam_kernel(tx, s, eps_root, amsgrad, state_bits, *, decays=False, mask
         zero = jnp.zeros([], _F32)
         return [decay.astype(_F32) if flag else zero for flag in flags]
 
-    spec = KernelSpec(
-        "accel_jax_adam_f32",
-        slots=lambda state: [state[0].mu, state[0].nu],
-        with_slots=lambda state, t: (state[0]._replace(mu=t[0], nu=t[1]), *state[1:]),
-        scalars=scalars,
-        leaf_scalars=weight_decays if decays else None,
-    )
+    if state_bits == 8:
+        spec = _adam8_spec(scalars, weight_decays if decays else None)
+    else:
+        spec = KernelSpec(
+            _adam_target,
+            slots=lambda state: [state[0].mu, state[0].nu],
+            with_slots=lambda state, t: (state[0]._replace(mu=t[0], nu=t[1]), *state[1:]),
+            scalars=scalars,
+            leaf_scalars=weight_decays if decays else None,
+            takes=_adam_takes,
+        )
     return register_kernel_step(tx, spec)
+
+
+def _adam_takes(leaf, row):
+    """float32 params and gradients with both moments float32 or both bfloat16."""
+    p, g, m, v = row
+    same = all(jnp.shape(x) == jnp.shape(leaf) for x in row)
+    moments = {getattr(m, "dtype", None), getattr(v, "dtype", None)}
+    floats = all(getattr(x, "dtype", None) == _F32 for x in (p, g))
+    return same and floats and moments in ({jnp.dtype(_F32)}, {jnp.dtype(jnp.bfloat16)})
+
+
+def _adam_target(columns):
+    """The float32 kernel, or the bfloat16-moments one (an optimizer's moments share a dtype)."""
+    dtypes = {x.dtype for x in columns[2]} | {x.dtype for x in columns[3]}
+    if len(dtypes) != 1:  # mu_dtype=None over mixed float32 / bfloat16 params cannot reach here
+        raise ValueError(f"adam kernel: moments of mixed dtypes {sorted(map(str, dtypes))}.")
+    return "accel_jax_adam_bf16" if dtypes == {jnp.dtype(jnp.bfloat16)} else "accel_jax_adam_f32"
+
+
+def _adam8_spec(adam_scalars, leaf_scalars):
+    """8-bit Adam: the kernel's slots are the codes and scales of ``mu`` and ``nu``.
+
+    Leaves with plain (small) moments appear as they are in both a codes and a
+    scales column, and ``takes`` leaves them to the XLA path.
+    """
+
+    def part(tree, i):
+        return jax.tree.map(lambda m: m[i] if _is_quantized(m) else m, tree, is_leaf=_is_quantized)
+
+    def slots(state):
+        adam = state[0]
+        return [part(adam.mu, 0), part(adam.mu, 1), part(adam.nu, 0), part(adam.nu, 1)]
+
+    def with_slots(state, t):
+        def join(old, codes, scale):
+            return QuantizedArray(codes, scale) if _is_quantized(old) else codes
+
+        adam = state[0]
+        mu = jax.tree.map(join, adam.mu, t[0], t[1], is_leaf=_is_quantized)
+        nu = jax.tree.map(join, adam.nu, t[2], t[3], is_leaf=_is_quantized)
+        return (adam._replace(mu=mu, nu=nu), *state[1:])
+
+    def scalars(state):
+        count = jax.lax.bitcast_convert_type(state[0].count.astype(jnp.int32), _F32)
+        return jnp.concatenate([adam_scalars(state), count[None]])
+
+    def takes(leaf, row):
+        p, g, m_codes, m_scale, r_codes, r_scale = row
+        return (
+            all(getattr(x, "dtype", None) == _F32 for x in (p, g, m_scale, r_scale))
+            and all(getattr(x, "dtype", None) == jnp.uint8 for x in (m_codes, r_codes))
+            and jnp.shape(p) == jnp.shape(g) == jnp.shape(leaf)
+            and jnp.ndim(m_codes) == 2
+            and jnp.shape(m_codes) == jnp.shape(r_codes)
+            and jnp.shape(m_scale) == jnp.shape(r_scale) == jnp.shape(m_codes)[:1]
+        )
+
+    return KernelSpec(
+        "accel_jax_adam8_f32", slots, with_slots, scalars, leaf_scalars=leaf_scalars, takes=takes
+    )
 
 
 def with_momentum_kernel(tx, nesterov, lr_first):

@@ -14,7 +14,7 @@ The scheme (a documented simplification of bitsandbytes' dynamic map):
   is exponent-based: a code step is at most 1/8 of the value whatever its
   magnitude, down to 1/200,000 of the block maximum;
 * rounding is stochastic (up with probability the fraction of a code step, from a
-  stateless hash of value, position and step), so the decoded moment is unbiased:
+  stateless hash of position and step), so the decoded moment is unbiased:
   Adam's ``v`` changes by 0.1% per step, far less than a code step, and
   round-to-nearest would freeze it;
 * the first moment ``m`` is stored signed; the second moment is stored as its
@@ -40,6 +40,7 @@ from accel_jax import _validation as v
 from accel_jax.base import (
     GradientTransformation,
     ScalarOrSchedule,
+    as_array_leaf,
     check_structure,
     compute_dtype,
     is_trainable,
@@ -89,16 +90,31 @@ def _is_quantized(x: Any) -> bool:
     return isinstance(x, QuantizedArray)
 
 
+def _check_quantized_sizes(updates: Any, mu: Any, block_size: int) -> None:
+    """Raises ``ValueError`` naming the path where an update does not fit its quantized moment."""
+    flat = jax.tree_util.tree_flatten_with_path(updates)[0]
+    for (path, g), m in zip(flat, jax.tree.leaves(mu, is_leaf=_is_quantized), strict=True):
+        if _is_quantized(m) and hasattr(g, "size") and -(-g.size // block_size) != m.codes.shape[0]:
+            raise ValueError(
+                f"updates do not match the optimizer state (mu): at path "
+                f"{jax.tree_util.keystr(path)} the update has shape {tuple(g.shape)} "
+                f"({g.size} values) but the quantized moment holds {m.codes.shape[0]} blocks "
+                f"of {block_size}."
+            )
+
+
 def _uniform_hash(x: jax.Array, salt: jax.Array) -> jax.Array:
     """Pseudo-random numbers in [0, 1), one per element of the 2-D float32 ``x``.
 
-    A hash (murmur3's finaliser) of the value's bits, its position and ``salt``
-    (an int32 that changes every step): deterministic, stateless and cheap.
+    A hash (murmur3's finaliser) of the position and ``salt`` (an int32 that
+    changes every step): deterministic, stateless and cheap. Not of the value's
+    bits: a last-bit difference in the value (another order of float operations,
+    as in the native kernel ``accel_jax_adam8_f32``) then changes a code only when
+    the fraction of a code step lies within that difference of the threshold.
     """
-    bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
     index = jax.lax.broadcasted_iota(jnp.uint32, x.shape, 0) * jnp.uint32(x.shape[1])
     index = index + jax.lax.broadcasted_iota(jnp.uint32, x.shape, 1)
-    h = bits ^ (index * jnp.uint32(0x9E3779B9)) ^ (salt.astype(jnp.uint32) * jnp.uint32(0x632BE5AB))
+    h = (index * jnp.uint32(0x9E3779B9)) ^ (salt.astype(jnp.uint32) * jnp.uint32(0x632BE5AB))
     h = h ^ (h >> 16)
     h = h * jnp.uint32(0x85EBCA6B)
     h = h ^ (h >> 13)
@@ -179,6 +195,7 @@ def scale_by_adam_8bit(
     v.check_decay("b2", b2)
     v.check_eps("eps", eps)
     v.check_eps("eps_root", eps_root)
+    v.check_flags(eps_before_bias_correction=eps_before_bias_correction)
     v.check_number("block_size", block_size, lo=1, integer=True)
     v.check_number("min_quantized_size", min_quantized_size, lo=0, integer=True)
     specs = {"b1": b1, "b2": b2}
@@ -209,8 +226,13 @@ def scale_by_adam_8bit(
 
     def update_fn(updates, state, params=None):
         del params
-        placeholders = jax.tree.map(lambda _: 0, state.mu, is_leaf=_is_quantized)
+        updates = jax.tree.map(as_array_leaf, updates)
+        # Plain (small) moments are compared shape for shape; a quantized one by its blocks.
+        placeholders = jax.tree.map(
+            lambda m: 0 if _is_quantized(m) else m, state.mu, is_leaf=_is_quantized
+        )
         check_structure(updates, placeholders, "the optimizer state (mu)")
+        _check_quantized_sizes(updates, state.mu, block_size)
         hp = current_hyperparams(specs, state.hyperparams, state.count)
         count = increment(state.count)
         bc1, bc2 = bias_correction(hp["b1"], count), bias_correction(hp["b2"], count)
