@@ -228,6 +228,11 @@ def make_step(
 ) -> Callable[..., tuple[Any, Any]]:
     """``step(params, opt_state, grads, **extra_args) -> (params, opt_state)``, jitted.
 
+    The arguments come in the order of the result, params first: the reverse of
+    optax's ``update(grads, opt_state, params)``. The params and the gradients have
+    the same structure, so the optax order cannot be detected; call the step with
+    keywords (``step(params=p, opt_state=s, grads=g)``), which donate the same buffers.
+
     With ``donate=True`` (the default) the params and state buffers are donated:
     XLA updates them in place, so the step needs no second copy of the model and
     optimizer state. Do not use the arrays you passed in after the call.
@@ -241,6 +246,9 @@ def make_step(
     >>> params, state = step(params, tx.init(params), {"w": jnp.ones(3)})
     >>> round(float(params["w"][0]), 6)
     0.999
+    >>> params, state = step(params=params, opt_state=state, grads={"w": jnp.ones(3)})
+    >>> round(float(params["w"][0]), 6)
+    0.998
     """
 
     def step(params, opt_state, grads, **extra_args):
@@ -248,7 +256,7 @@ def make_step(
 
     if not jit:
         return step
-    return jax.jit(step, donate_argnums=(0, 1) if donate else ())
+    return jax.jit(step, donate_argnames=("params", "opt_state") if donate else ())
 
 
 class _Slot(NamedTuple):

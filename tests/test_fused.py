@@ -181,3 +181,17 @@ def test_gradient_through_unflatten_is_one_concatenation():
     assert jaxpr.count("concatenate") == 1
     want = jax.tree.map(lambda x: 1 - jnp.tanh(x) ** 2, layout.unflatten(flat))
     np.testing.assert_allclose(jax.grad(loss)(flat)["float32"], layout.flatten(want)["float32"])
+
+
+def test_make_step_takes_keywords_and_donates_them():
+    """Keywords make the argument order explicit (the reverse of optax's update); the
+    params and state passed by keyword are donated like positional ones."""
+    tx = aj.adam(1e-2)
+    params = {"w": jnp.linspace(-1.0, 1.0, 8)}
+    grads = {"w": jnp.cos(params["w"])}
+    expected, _ = aj.make_step(tx, donate=False)(params, tx.init(params), grads)
+    step = aj.make_step(tx)
+    p_in, s_in = jax.tree.map(jnp.copy, params), tx.init(params)
+    got, _ = step(params=p_in, opt_state=s_in, grads=grads)
+    np.testing.assert_array_equal(got["w"], expected["w"])
+    assert p_in["w"].is_deleted() and s_in[0].mu["w"].is_deleted()
