@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from accel_jax import _validation as v
+from accel_jax.base import zeros_like_tree
 
 
 def float_dtype() -> Any:
@@ -37,6 +38,21 @@ def init_hyperparams(**specs: Any) -> dict[str, jax.Array]:
         name: jnp.array(spec(count) if callable(spec) else spec, float_dtype(), copy=True)
         for name, spec in specs.items()
     }
+
+
+def init_state(state_cls: Callable[..., Any], specs: Mapping[str, Any], *dtypes: Any):
+    """The ``init`` of a state ``state_cls(count, hyperparams, *trees)``: count 0, the
+    step-0 values of ``specs`` (:func:`init_hyperparams`), and one zero tree like the
+    params per entry of ``dtypes`` (``None``: the params' dtype)."""
+
+    def init_fn(params):
+        return state_cls(
+            jnp.zeros([], jnp.int32),
+            init_hyperparams(**specs),
+            *(zeros_like_tree(params, dtype) for dtype in dtypes),
+        )
+
+    return init_fn
 
 
 def current_hyperparams(

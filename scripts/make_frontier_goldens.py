@@ -16,12 +16,10 @@ from __future__ import annotations
 import pathlib
 import sys
 
-import torch
-
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from scripts.make_torch_goldens import torch_optim, write_golden  # noqa: E402
+from scripts.make_torch_goldens import write_torch_goldens  # noqa: E402
 
 COMMAND = "python scripts/make_frontier_goldens.py"
 
@@ -46,18 +44,7 @@ VARIANTS = {
 
 
 def main() -> None:
-    total = 0
-    for vname, variant in VARIANTS.items():
-        name, kwargs = variant["torch"]
-        meta = {
-            "torch_version": torch.__version__,
-            "command": COMMAND,
-            "optimizer": f"torch.optim.{name}",
-            "kwargs": {**kwargs, "foreach": False},
-        }
-        path = write_golden("torch", vname, variant["spec"], torch_optim(name, **kwargs), meta)
-        total += path.stat().st_size
-    print(f"total {total / 1024:.0f} KiB, torch {torch.__version__}")
+    write_torch_goldens(VARIANTS, COMMAND)
 
 
 if __name__ == "__main__":

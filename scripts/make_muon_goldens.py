@@ -27,7 +27,6 @@ Layout as ``scripts/make_torch_goldens.py`` (tests/reference/README.md). Each va
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import pathlib
 import sys
@@ -35,19 +34,15 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("JAX_ENABLE_X64", "1")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scripts.make_torch_goldens import (  # noqa: E402
-    DTYPES,
-    OUT,
-    RECORDED,
     STEPS,
-    learning_rates,
-    problems,
+    keras_trajectories,
+    save_golden,
     write_golden,
 )
 
@@ -170,15 +165,11 @@ def torch_bf16_golden() -> pathlib.Path:
         arrays[f"output_{i}"] = _muon._zeropower_via_newtonschulz(
             x, coeffs, _muon.DEFAULT_NS_STEPS, _muon.EPS
         ).float().numpy()
-    arrays["meta"] = np.asarray(json.dumps({
+    return save_golden("torch_muon_ns_bfloat16.npz", arrays, {
         "command": COMMAND, "torch_version": torch.__version__,
         "function": "torch.optim._muon._zeropower_via_newtonschulz (bfloat16)",
         "ns_coefficients": coeffs, "ns_steps": _muon.DEFAULT_NS_STEPS, "eps": _muon.EPS,
-    }, sort_keys=True))
-    path = OUT / "torch_muon_ns_bfloat16.npz"
-    np.savez_compressed(path, **arrays)
-    print(f"wrote {path.relative_to(ROOT)}")
-    return path
+    })
 
 
 def keras_kwargs(spec: dict) -> dict:
@@ -194,42 +185,12 @@ def keras_kwargs(spec: dict) -> dict:
 
 
 def keras_golden(name: str, spec: dict) -> pathlib.Path:
-    import jax
     import keras
 
-    jax.config.update("jax_enable_x64", True)
     kwargs = keras_kwargs(spec)
-    lrs = learning_rates(spec)
-    arrays = {"lrs": lrs, "steps": np.asarray(RECORDED, np.int32)}
-    for dname, tdtype in DTYPES.items():
-        keras.config.set_floatx(dname)
-        torch.set_default_dtype(tdtype)
-        for pname, (init, loss_fn) in problems().items():
-            ws = {k: keras.Variable(np.asarray(v, dname), dtype=dname, name=k)
-                  for k, v in init.items()}
-            opt = keras.optimizers.Muon(learning_rate=float(lrs[0]), **kwargs)
-            opt.build(list(ws.values()))
-            out = {k: {"grads": [], "params": []} for k in ws}
-            for step in range(1, STEPS + 1):
-                opt.learning_rate = float(lrs[step - 1])
-                tp = {
-                    k: torch.tensor(np.asarray(w.numpy()), dtype=tdtype).requires_grad_(True)
-                    for k, w in ws.items()
-                }
-                loss_fn(tp, lambda a, _d=tdtype: torch.tensor(a, dtype=_d)).backward()
-                grads = {k: tp[k].grad.numpy().copy() for k in ws}
-                opt.apply_gradients([(grads[k], ws[k]) for k in ws])
-                for k in ws:
-                    out[k]["grads"].append(grads[k])
-                if step in RECORDED:
-                    for k, w in ws.items():
-                        out[k]["params"].append(np.asarray(w.numpy()).copy())
-            for k, d in out.items():
-                arrays[f"{dname}/{pname}/{k}/init"] = np.asarray(init[k], dname)
-                for kind, values in d.items():
-                    arrays[f"{dname}/{pname}/{k}/{kind}"] = np.stack(values).astype(dname)
-    keras.config.set_floatx("float32")
-    torch.set_default_dtype(torch.float32)
+    arrays = keras_trajectories(
+        spec, lambda lr: keras.optimizers.Muon(learning_rate=lr, **kwargs)
+    )
     meta = {
         "command": COMMAND,
         "keras_version": keras.__version__,
@@ -241,11 +202,7 @@ def keras_golden(name: str, spec: dict) -> pathlib.Path:
         "steps": STEPS,
         "lr_rule": "optimizer.learning_rate = lrs[k] before step k (k = 0-based)",
     }
-    arrays["meta"] = np.asarray(json.dumps(meta, sort_keys=True))
-    path = OUT / f"keras_muon_{name}.npz"
-    np.savez_compressed(path, **arrays)
-    print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size / 1024:.0f} KiB)")
-    return path
+    return save_golden(f"keras_muon_{name}.npz", arrays, meta)
 
 
 def main() -> None:

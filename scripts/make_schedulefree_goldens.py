@@ -28,7 +28,6 @@ Gradients are torch's, at the train point ``y``, for both.
 from __future__ import annotations
 
 import copy
-import json
 import os
 import pathlib
 import sys
@@ -43,12 +42,11 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from scripts.make_torch_goldens import (  # noqa: E402
-    DTYPES,
-    OUT,
-    RECORDED,
     STEPS,
+    keras_trajectories,
     learning_rates,
     problems,
+    save_golden,
     write_golden,
 )
 
@@ -133,47 +131,22 @@ def schedulefree_golden(vid: str, spec: dict) -> pathlib.Path:
 
 
 def keras_golden(vid: str, spec: dict) -> pathlib.Path:
-    import jax
     import keras
 
-    jax.config.update("jax_enable_x64", True)
     b1 = spec.get("b1", 0.9)
-    lrs = learning_rates(spec)
-    arrays = {"lrs": lrs, "steps": np.asarray(RECORDED, np.int32)}
-    for dname, tdtype in DTYPES.items():
-        keras.config.set_floatx(dname)
-        torch.set_default_dtype(tdtype)
-        for pname, (init, loss_fn) in problems().items():
-            ys = {k: keras.Variable(np.asarray(v, dname), dtype=dname) for k, v in init.items()}
-            opt = keras.optimizers.ScheduleFreeAdamW(
-                learning_rate=float(lrs[0]), beta_1=b1, warmup_steps=spec.get("warmup_steps", 0)
-            )
-            opt.build(list(ys.values()))
-            out = {k: {"grads": [], "params": [], "eval": []} for k in ys}
-            for step in range(1, STEPS + 1):
-                opt.learning_rate = float(lrs[step - 1])
-                tp = {
-                    k: torch.tensor(np.asarray(y.numpy()), dtype=tdtype).requires_grad_(True)
-                    for k, y in ys.items()
-                }
-                loss_fn(tp, lambda a, _d=tdtype: torch.tensor(a, dtype=_d)).backward()
-                grads = {k: tp[k].grad.numpy().copy() for k in ys}
-                opt.apply_gradients([(grads[k], ys[k]) for k in ys])
-                for k in ys:
-                    out[k]["grads"].append(grads[k])
-                if step in RECORDED:
-                    for k, y in ys.items():
-                        y = np.asarray(y.numpy())
-                        z = np.asarray(opt._momentums[opt._get_variable_index(ys[k])].numpy())
-                        b = np.asarray(b1, dname)
-                        out[k]["params"].append(y.copy())
-                        out[k]["eval"].append((y - (1 - b) * z) / b)
-            for k, d in out.items():
-                arrays[f"{dname}/{pname}/{k}/init"] = np.asarray(init[k], dname)
-                for kind, values in d.items():
-                    arrays[f"{dname}/{pname}/{k}/{kind}"] = np.stack(values).astype(dname)
-    keras.config.set_floatx("float32")
-    torch.set_default_dtype(torch.float32)
+
+    def make_optimizer(lr):
+        return keras.optimizers.ScheduleFreeAdamW(
+            learning_rate=lr, beta_1=b1, warmup_steps=spec.get("warmup_steps", 0)
+        )
+
+    def eval_params(opt, y_var, dname):  # x = (y - (1 - b1) z) / b1, z the momentum
+        y = np.asarray(y_var.numpy())
+        z = np.asarray(opt._momentums[opt._get_variable_index(y_var)].numpy())
+        b = np.asarray(b1, dname)
+        return (y - (1 - b) * z) / b
+
+    arrays = keras_trajectories(spec, make_optimizer, eval_params)
     meta = {
         "command": COMMAND,
         "keras_version": keras.__version__,
@@ -186,11 +159,7 @@ def keras_golden(vid: str, spec: dict) -> pathlib.Path:
         "steps": STEPS,
         "lr_rule": "optimizer.learning_rate = lrs[k] before step k (k = 0-based)",
     }
-    arrays["meta"] = np.asarray(json.dumps(meta, sort_keys=True))
-    path = OUT / f"keras_{vid}.npz"
-    np.savez_compressed(path, **arrays)
-    print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size / 1024:.0f} KiB)")
-    return path
+    return save_golden(f"keras_{vid}.npz", arrays, meta)
 
 
 def foreach_difference(vid: str, spec: dict) -> float:

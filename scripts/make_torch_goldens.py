@@ -176,8 +176,62 @@ def write_golden(ecosystem: str, name: str, spec: dict, make_optimizer, meta: di
         "steps": STEPS,
         "lr_rule": "param_groups[*]['lr'] = lrs[k] before step k (k = 0-based)",
     }
+    return save_golden(f"{ecosystem}_{name}.npz", arrays, meta)
+
+
+def keras_trajectories(spec: dict, make_optimizer, extra=None) -> dict:
+    """The arrays of a golden (layout as :func:`write_golden`) for a Keras optimizer.
+
+    Keras on the JAX backend with x64 enabled, in float32 and float64, on both problems;
+    the gradients are torch's at the current params; ``optimizer.learning_rate`` is
+    assigned ``lrs[k]`` before step ``k``. ``make_optimizer(lr)`` builds the optimizer;
+    ``extra(optimizer, variable, dtype_name)``, when given, is recorded as ``eval``.
+    """
+    import jax
+    import keras
+
+    jax.config.update("jax_enable_x64", True)
+    lrs = learning_rates(spec)
+    arrays = {"lrs": lrs, "steps": np.asarray(RECORDED, np.int32)}
+    kinds = ("grads", "params", "eval") if extra else ("grads", "params")
+    for dname, tdtype in DTYPES.items():
+        keras.config.set_floatx(dname)
+        torch.set_default_dtype(tdtype)
+        for pname, (init, loss_fn) in problems().items():
+            ws = {k: keras.Variable(np.asarray(v, dname), dtype=dname, name=k)
+                  for k, v in init.items()}
+            opt = make_optimizer(float(lrs[0]))
+            opt.build(list(ws.values()))
+            out = {k: {kind: [] for kind in kinds} for k in ws}
+            for step in range(1, STEPS + 1):
+                opt.learning_rate = float(lrs[step - 1])
+                tp = {
+                    k: torch.tensor(np.asarray(w.numpy()), dtype=tdtype).requires_grad_(True)
+                    for k, w in ws.items()
+                }
+                loss_fn(tp, lambda a, _d=tdtype: torch.tensor(a, dtype=_d)).backward()
+                grads = {k: tp[k].grad.numpy().copy() for k in ws}
+                opt.apply_gradients([(grads[k], ws[k]) for k in ws])
+                for k in ws:
+                    out[k]["grads"].append(grads[k])
+                if step in RECORDED:
+                    for k, w in ws.items():
+                        out[k]["params"].append(np.asarray(w.numpy()).copy())
+                        if extra:
+                            out[k]["eval"].append(extra(opt, w, dname))
+            for k, d in out.items():
+                arrays[f"{dname}/{pname}/{k}/init"] = np.asarray(init[k], dname)
+                for kind, values in d.items():
+                    arrays[f"{dname}/{pname}/{k}/{kind}"] = np.stack(values).astype(dname)
+    keras.config.set_floatx("float32")
+    torch.set_default_dtype(torch.float32)
+    return arrays
+
+
+def save_golden(filename: str, arrays: dict, meta: dict) -> pathlib.Path:
+    """Writes ``arrays`` and ``meta`` (JSON, key ``"meta"``) to ``tests/reference/<filename>``."""
     arrays["meta"] = np.asarray(json.dumps(meta, sort_keys=True))
-    path = OUT / f"{ecosystem}_{name}.npz"
+    path = OUT / filename
     np.savez_compressed(path, **arrays)
     print(f"wrote {path.relative_to(ROOT)} ({path.stat().st_size / 1024:.0f} KiB)")
     return path
@@ -188,19 +242,27 @@ def torch_optim(name: str, **kwargs):
     return lambda params, lr: getattr(torch.optim, name)(params, lr=lr, foreach=False, **kwargs)
 
 
-def main() -> None:
+def write_torch_goldens(variants: dict, command: str) -> None:
+    """Writes ``torch_<variant>.npz`` for each of ``variants``.
+
+    A variant is ``{"spec": ..., "torch": (torch.optim class name, its kwargs)}``.
+    """
     total = 0
-    for vname, variant in VARIANTS.items():
+    for vname, variant in variants.items():
         name, kwargs = variant["torch"]
         meta = {
             "torch_version": torch.__version__,
-            "command": COMMAND,
+            "command": command,
             "optimizer": f"torch.optim.{name}",
             "kwargs": {**kwargs, "foreach": False},
         }
         path = write_golden("torch", vname, variant["spec"], torch_optim(name, **kwargs), meta)
         total += path.stat().st_size
     print(f"total {total / 1024:.0f} KiB, torch {torch.__version__}")
+
+
+def main() -> None:
+    write_torch_goldens(VARIANTS, COMMAND)
 
 
 if __name__ == "__main__":

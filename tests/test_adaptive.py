@@ -1,4 +1,4 @@
-"""Building blocks of accel_jax.transforms.{momentum,adaptive} against NumPy references.
+"""Building blocks of accel_jax.transforms.{momentum,adaptive,adam} against NumPy references.
 
 Each reference is the update formula of the block's docstring, written in float64
 NumPy; the blocks are run over a random gradient sequence (float64 at rtol 1e-12

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from accel_jax import _validation as v
+from accel_jax.base import is_zero_literal
+from accel_jax.transforms.momentum import trace
+from accel_jax.transforms.scaling import scale_by_learning_rate
 
 #: The frameworks whose defaults and conventions the optimizers' ``convention=`` reproduces.
 CONVENTIONS = ("optax", "torch", "keras")
@@ -121,3 +124,26 @@ def settings(optimizer: str, convention: str, **given: Any) -> dict[str, Any]:
             v.check_bool(k, val)
     return resolved
 
+
+def uses_momentum(momentum: Any, nesterov: bool, convention: str) -> bool:
+    """Whether sgd / rmsprop chain a momentum trace: a momentum is given, and not a literal
+    0 outside optax (torch and Keras skip the buffer; optax keeps a zero trace).
+
+    Decided from literals only: inject_hyperparams passes numbers as arrays.
+    """
+    use = momentum is not None and not (is_zero_literal(momentum) and convention != "optax")
+    if nesterov and not use:
+        raise ValueError(f"nesterov=True needs a momentum in (0, 1], got momentum={momentum!r}.")
+    return use
+
+
+def momentum_and_lr(
+    momentum: Any, nesterov: bool, mu_dtype: Any, learning_rate: Any, lr_in_momentum: bool,
+    use_momentum: bool,
+) -> list:
+    """``[trace, scale_by_learning_rate]``, or the other way round when the learning rate
+    goes into the momentum buffer (``lr_in_momentum``, set per convention); no trace when
+    ``use_momentum`` is False."""
+    velocity = [trace(momentum, nesterov=nesterov, mu_dtype=mu_dtype)] if use_momentum else []
+    lr = [scale_by_learning_rate(learning_rate)]
+    return lr + velocity if lr_in_momentum else velocity + lr

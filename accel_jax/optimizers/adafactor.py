@@ -18,7 +18,7 @@ from accel_jax.base import (
     require_params,
 )
 from accel_jax.combine import chain, mask_flags
-from accel_jax.hyperparams import current_hyperparams, increment, init_hyperparams
+from accel_jax.hyperparams import current_hyperparams, increment, init_state
 from accel_jax.optimizers._conventions import UNSET, settings
 from accel_jax.transforms.factored import (
     block_rms,
@@ -59,9 +59,7 @@ def _param_scale_after_decay(min_scale, learning_rate, weight_decay, mask):
     decayed leaves: Keras' Adafactor, whose base class decays the weights first."""
     specs = {"learning_rate": learning_rate, "weight_decay": weight_decay}
 
-    def init_fn(params):
-        del params
-        return _ParamScaleState(jnp.zeros([], jnp.int32), init_hyperparams(**specs))
+    init_fn = init_state(_ParamScaleState, specs)
 
     def update_fn(updates, state, params=None):
         require_params(params, "adafactor")

@@ -10,7 +10,7 @@ from accel_jax.base import GradientTransformationExtraArgs, ScalarOrSchedule
 from accel_jax.combine import chain
 from accel_jax.optimizers._conventions import UNSET, settings
 from accel_jax.optimizers._kernels import with_adam_kernel
-from accel_jax.transforms.adaptive import (
+from accel_jax.transforms.adam import (
     scale_by_adam,
     scale_by_adamax,
     scale_by_amsgrad,
@@ -36,6 +36,35 @@ def _adam_scaling(s, b1, b2, eps_root, amsgrad, mu_dtype, nu_dtype, state_bits=3
             max_of_bias_corrected=s["amsgrad_max_of_corrected"], **common,
         )
     return scale_by_adam(b1, b2, s["eps"], eps_root, **common)
+
+
+def _descent(learning_rate, make_scaling, weight_decay=UNSET, mask=None):
+    """``chain(scaling, [add_decayed_weights(weight_decay, mask)], scale_by_learning_rate)``.
+
+    Every builder of the family: the learning rate is checked, then the scaling is
+    built by ``make_scaling()``, then the decoupled decay (when ``weight_decay`` is given).
+    """
+    v.check_rate("learning_rate", learning_rate)
+    steps = [make_scaling()]
+    if weight_decay is not UNSET:
+        steps.append(add_decayed_weights(weight_decay, mask))
+    return chain(*steps, scale_by_learning_rate(learning_rate))
+
+
+def _adam_or_adamw(name, convention, learning_rate, b1, b2, eps_root, amsgrad, mu_dtype,
+                   nu_dtype, state_bits, mask=None, **given):
+    """:func:`adam` (no ``weight_decay`` given) or :func:`adamw`, with its native kernel."""
+    v.check_flags(amsgrad=amsgrad)
+    s = settings(name, convention, **given)
+    state_bits = 32 if state_bits is None else state_bits  # None: not an injectable number
+    decays = "weight_decay" in s
+    tx = _descent(
+        learning_rate,
+        lambda: _adam_scaling(s, b1, b2, eps_root, amsgrad, mu_dtype, nu_dtype, state_bits),
+        s["weight_decay"] if decays else UNSET,
+        mask,
+    )
+    return with_adam_kernel(tx, s, eps_root, amsgrad, state_bits, decays=decays, mask=mask)
 
 
 _ADAM_TABLE = """
@@ -94,21 +123,11 @@ def adam(
 
     References: Kingma & Ba, ICLR 2015; Reddi, Kale & Kumar, ICLR 2018.
     """
-    v.check_flags(amsgrad=amsgrad)
-    s = settings(
-        "adam",
-        convention,
-        eps=eps,
-        eps_before_bias_correction=eps_before_bias_correction,
+    return _adam_or_adamw(
+        "adam", convention, learning_rate, b1, b2, eps_root, amsgrad, mu_dtype, nu_dtype,
+        state_bits, eps=eps, eps_before_bias_correction=eps_before_bias_correction,
         amsgrad_max_of_corrected=amsgrad_max_of_corrected,
     )
-    v.check_rate("learning_rate", learning_rate)
-    state_bits = 32 if state_bits is None else state_bits  # None: not an injectable number
-    tx = chain(
-        _adam_scaling(s, b1, b2, eps_root, amsgrad, mu_dtype, nu_dtype, state_bits),
-        scale_by_learning_rate(learning_rate),
-    )
-    return with_adam_kernel(tx, s, eps_root, amsgrad, state_bits)
 
 
 adam.__doc__ = adam.__doc__.replace("{table}", _ADAM_TABLE)
@@ -143,23 +162,11 @@ def adamw(
     {table}
     Reference: Loshchilov & Hutter, "Decoupled Weight Decay Regularization", ICLR 2019.
     """
-    v.check_flags(amsgrad=amsgrad)
-    s = settings(
-        "adamw",
-        convention,
-        eps=eps,
-        eps_before_bias_correction=eps_before_bias_correction,
-        amsgrad_max_of_corrected=amsgrad_max_of_corrected,
-        weight_decay=weight_decay,
+    return _adam_or_adamw(
+        "adamw", convention, learning_rate, b1, b2, eps_root, amsgrad, mu_dtype, nu_dtype,
+        state_bits, mask, eps=eps, eps_before_bias_correction=eps_before_bias_correction,
+        amsgrad_max_of_corrected=amsgrad_max_of_corrected, weight_decay=weight_decay,
     )
-    v.check_rate("learning_rate", learning_rate)
-    state_bits = 32 if state_bits is None else state_bits  # None: not an injectable number
-    tx = chain(
-        _adam_scaling(s, b1, b2, eps_root, amsgrad, mu_dtype, nu_dtype, state_bits),
-        add_decayed_weights(s["weight_decay"], mask),
-        scale_by_learning_rate(learning_rate),
-    )
-    return with_adam_kernel(tx, s, eps_root, amsgrad, state_bits, decays=True, mask=mask)
 
 
 adamw.__doc__ = adamw.__doc__.replace("{table}", _ADAM_TABLE)
@@ -188,12 +195,13 @@ def adamax(
     Reference: Kingma & Ba, ICLR 2015, section 7.1.
     """
     s = settings("adamax", convention, eps=eps, eps_in_max=eps_in_max)
-    v.check_rate("learning_rate", learning_rate)
-    return chain(
-        scale_by_adamax(
-            b1, b2, s["eps"], eps_in_max=s["eps_in_max"], mu_dtype=mu_dtype, nu_dtype=nu_dtype
-        ),
-        scale_by_learning_rate(learning_rate),
+    return _descent(learning_rate, _adamax_scaling(s, b1, b2, mu_dtype, nu_dtype))
+
+
+def _adamax_scaling(s, b1, b2, mu_dtype, nu_dtype):
+    """The ``make_scaling`` of :func:`adamax` and :func:`adamaxw`."""
+    return lambda: scale_by_adamax(
+        b1, b2, s["eps"], eps_in_max=s["eps_in_max"], mu_dtype=mu_dtype, nu_dtype=nu_dtype
     )
 
 
@@ -226,13 +234,8 @@ def adamaxw(
     Reference: Loshchilov & Hutter, ICLR 2019 (decoupling); Kingma & Ba, ICLR 2015.
     """
     s = settings("adamax", convention, eps=eps, eps_in_max=eps_in_max)
-    v.check_rate("learning_rate", learning_rate)
-    return chain(
-        scale_by_adamax(
-            b1, b2, s["eps"], eps_in_max=s["eps_in_max"], mu_dtype=mu_dtype, nu_dtype=nu_dtype
-        ),
-        add_decayed_weights(weight_decay, mask),
-        scale_by_learning_rate(learning_rate),
+    return _descent(
+        learning_rate, _adamax_scaling(s, b1, b2, mu_dtype, nu_dtype), weight_decay, mask
     )
 
 
@@ -260,13 +263,14 @@ def nadam(
     Reference: Dozat, "Incorporating Nesterov Momentum into Adam", ICLR workshop 2016.
     """
     s = settings("nadam", convention, eps=eps, momentum_decay=momentum_decay)
-    v.check_rate("learning_rate", learning_rate)
-    return chain(
-        scale_by_nadam(
-            b1, b2, s["eps"], eps_root, momentum_decay=s["momentum_decay"],
-            mu_dtype=mu_dtype, nu_dtype=nu_dtype,
-        ),
-        scale_by_learning_rate(learning_rate),
+    return _descent(learning_rate, _nadam_scaling(s, b1, b2, eps_root, mu_dtype, nu_dtype))
+
+
+def _nadam_scaling(s, b1, b2, eps_root, mu_dtype, nu_dtype):
+    """The ``make_scaling`` of :func:`nadam` and :func:`nadamw`."""
+    return lambda: scale_by_nadam(
+        b1, b2, s["eps"], eps_root, momentum_decay=s["momentum_decay"],
+        mu_dtype=mu_dtype, nu_dtype=nu_dtype,
     )
 
 
@@ -308,12 +312,7 @@ def nadamw(
     s = settings(
         "nadamw", convention, eps=eps, momentum_decay=momentum_decay, weight_decay=weight_decay
     )
-    v.check_rate("learning_rate", learning_rate)
-    return chain(
-        scale_by_nadam(
-            b1, b2, s["eps"], eps_root, momentum_decay=s["momentum_decay"],
-            mu_dtype=mu_dtype, nu_dtype=nu_dtype,
-        ),
-        add_decayed_weights(s["weight_decay"], mask),
-        scale_by_learning_rate(learning_rate),
+    return _descent(
+        learning_rate, _nadam_scaling(s, b1, b2, eps_root, mu_dtype, nu_dtype),
+        s["weight_decay"], mask,
     )

@@ -18,9 +18,9 @@ from accel_jax.base import (
     require_params,
 )
 from accel_jax.combine import chain, masked
-from accel_jax.hyperparams import current_hyperparams, increment, init_hyperparams
+from accel_jax.hyperparams import current_hyperparams, increment, init_state
 from accel_jax.optimizers._conventions import settings
-from accel_jax.transforms.adaptive import scale_by_adam
+from accel_jax.transforms.adam import scale_by_adam
 from accel_jax.transforms.momentum import trace
 from accel_jax.transforms.regularization import add_decayed_weights
 from accel_jax.transforms.scaling import scale_by_learning_rate
@@ -39,9 +39,7 @@ def _trust_in_decayed_weights(learning_rate, weight_decay) -> GradientTransforma
     which takes ``||w||`` after its decoupled decay ``w <- w * (1 - eta_t * lambda_t)``."""
     specs = {"learning_rate": learning_rate, "weight_decay": weight_decay}
 
-    def init_fn(params):
-        del params
-        return _DecayedNormState(jnp.zeros([], jnp.int32), init_hyperparams(**specs))
+    init_fn = init_state(_DecayedNormState, specs)
 
     def update_fn(updates, state, params=None):
         require_params(params, "lamb")

@@ -13,15 +13,15 @@ from accel_jax import _validation as v
 from accel_jax.base import GradientTransformationExtraArgs, ScalarOrSchedule
 from accel_jax.combine import chain, partition, path_labels
 from accel_jax.optimizers._conventions import DEFAULTS, settings
-from accel_jax.transforms.adaptive import scale_by_adam, scale_by_nadam
+from accel_jax.transforms.adam import scale_by_adam, scale_by_nadam
 from accel_jax.transforms.orthogonal import (
     MuonDimensionNumbers,
     leaf_dimension_numbers,
     scale_by_muon,
-    scale_by_shape,
 )
 from accel_jax.transforms.regularization import add_decayed_weights
 from accel_jax.transforms.scaling import scale_by_learning_rate
+from accel_jax.transforms.shape_scaling import scale_by_shape
 
 DEFAULTS["muon"] = {
     "optax": {

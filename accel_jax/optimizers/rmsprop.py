@@ -5,16 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from accel_jax import _validation as v
-from accel_jax.base import GradientTransformationExtraArgs, ScalarOrSchedule, is_zero_literal
+from accel_jax.base import GradientTransformationExtraArgs, ScalarOrSchedule
 from accel_jax.combine import chain
-from accel_jax.optimizers._conventions import settings
+from accel_jax.optimizers._conventions import momentum_and_lr, settings, uses_momentum
 from accel_jax.optimizers._kernels import with_rms_kernel
 from accel_jax.transforms.adaptive import (
     scale_by_rms,
     scale_by_stddev,
 )
-from accel_jax.transforms.momentum import trace
-from accel_jax.transforms.scaling import scale_by_learning_rate
 
 
 def rmsprop(
@@ -74,19 +72,18 @@ def rmsprop(
         lr_in_momentum=lr_in_momentum,
     )
     v.check_rate("learning_rate", learning_rate)
-    use_momentum = momentum is not None and not (
-        is_zero_literal(momentum) and convention != "optax"
-    )
-    if nesterov and not use_momentum:
-        raise ValueError(f"nesterov=True needs a momentum in (0, 1], got momentum={momentum!r}.")
+    use_momentum = uses_momentum(momentum, nesterov, convention)
     kwargs = dict(eps_in_sqrt=s["eps_in_sqrt"], initial_scale=initial_scale, nu_dtype=nu_dtype)
     if centered:
         scaling = scale_by_stddev(s["decay"], s["eps"], mu_dtype=mu_dtype, **kwargs)
     else:
         scaling = scale_by_rms(s["decay"], s["eps"], **kwargs)
-    velocity = [trace(momentum, nesterov=nesterov, mu_dtype=mu_dtype)] if use_momentum else []
-    lr = [scale_by_learning_rate(learning_rate)]
-    tx = chain(scaling, *(lr + velocity if s["lr_in_momentum"] else velocity + lr))
+    tx = chain(
+        scaling,
+        *momentum_and_lr(
+            momentum, nesterov, mu_dtype, learning_rate, s["lr_in_momentum"], use_momentum
+        ),
+    )
     if not centered and not use_momentum:
         tx = with_rms_kernel(tx, s["decay"], s["eps"], s["eps_in_sqrt"])
     return tx

@@ -7,11 +7,9 @@ from typing import Any
 from accel_jax import _validation as v
 from accel_jax.base import GradientTransformationExtraArgs, ScalarOrSchedule, is_zero_literal
 from accel_jax.combine import chain
-from accel_jax.optimizers._conventions import settings
+from accel_jax.optimizers._conventions import momentum_and_lr, settings, uses_momentum
 from accel_jax.optimizers._kernels import with_momentum_kernel
-from accel_jax.transforms.momentum import trace
 from accel_jax.transforms.regularization import add_decayed_weights
-from accel_jax.transforms.scaling import scale_by_learning_rate
 
 
 def sgd(
@@ -72,20 +70,15 @@ def sgd(
     if weight_decay is not None:
         v.check_number("weight_decay", weight_decay, lo=0.0, allow_schedule=True)
     mu_dtype = mu_dtype if accumulator_dtype is None else accumulator_dtype
-    # Structure from literals only: inject_hyperparams passes numbers as arrays.
-    use_momentum = momentum is not None and not (
-        is_zero_literal(momentum) and convention != "optax"
-    )
-    if nesterov and not use_momentum:
-        raise ValueError(f"nesterov=True needs a momentum in (0, 1], got momentum={momentum!r}.")
+    use_momentum = uses_momentum(momentum, nesterov, convention)
     steps: list = []
     coupled = not s["decoupled_weight_decay"]
     use_decay = weight_decay is not None and not is_zero_literal(weight_decay)
     if use_decay and coupled:
         steps.append(add_decayed_weights(weight_decay))
-    velocity = [trace(momentum, nesterov=nesterov, mu_dtype=mu_dtype)] if use_momentum else []
-    lr = [scale_by_learning_rate(learning_rate)]
-    steps += lr + velocity if s["lr_in_momentum"] else velocity + lr
+    steps += momentum_and_lr(
+        momentum, nesterov, mu_dtype, learning_rate, s["lr_in_momentum"], use_momentum
+    )
     if use_decay and not coupled:
         steps.append(add_decayed_weights(weight_decay, learning_rate=learning_rate))
     tx = chain(*steps)

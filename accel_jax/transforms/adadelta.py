@@ -15,9 +15,8 @@ from accel_jax.base import (
     compute_dtype,
     leafwise,
     update_moment,
-    zeros_like_tree,
 )
-from accel_jax.hyperparams import current_hyperparams, increment, init_hyperparams
+from accel_jax.hyperparams import current_hyperparams, increment, init_state
 
 
 class ScaleByAdadeltaState(NamedTuple):
@@ -53,13 +52,7 @@ def scale_by_adadelta(
     v.check_dtype("nu_dtype", nu_dtype)
     specs = {"rho": rho}
 
-    def init_fn(params):
-        return ScaleByAdadeltaState(
-            jnp.zeros([], jnp.int32),
-            init_hyperparams(**specs),
-            zeros_like_tree(params, nu_dtype),
-            zeros_like_tree(params, nu_dtype),
-        )
+    init_fn = init_state(ScaleByAdadeltaState, specs, nu_dtype, nu_dtype)
 
     def update_fn(updates, state, params=None):
         del params

@@ -15,9 +15,8 @@ from accel_jax.base import (
     compute_dtype,
     leafwise,
     update_moment,
-    zeros_like_tree,
 )
-from accel_jax.hyperparams import current_hyperparams, float_dtype, increment, init_hyperparams
+from accel_jax.hyperparams import current_hyperparams, float_dtype, increment, init_state
 
 
 class TraceState(NamedTuple):
@@ -78,10 +77,7 @@ def trace(
     v.check_dtype("mu_dtype", mu_dtype)
     specs = {"momentum": momentum}
 
-    def init_fn(params):
-        return TraceState(
-            jnp.zeros([], jnp.int32), init_hyperparams(**specs), zeros_like_tree(params, mu_dtype)
-        )
+    init_fn = init_state(TraceState, specs, mu_dtype)
 
     def update_fn(updates, state, params=None):
         del params
@@ -136,10 +132,7 @@ def ema(
     v.check_dtype("mu_dtype", mu_dtype)
     specs = {"decay": decay}
 
-    def init_fn(params):
-        return EmaState(
-            jnp.zeros([], jnp.int32), init_hyperparams(**specs), zeros_like_tree(params, mu_dtype)
-        )
+    init_fn = init_state(EmaState, specs, mu_dtype)
 
     def update_fn(updates, state, params=None):
         del params

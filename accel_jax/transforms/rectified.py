@@ -20,11 +20,14 @@ from accel_jax.base import (
     check_structure,
     compute_dtype,
     leafwise,
-    update_moment,
-    zeros_like_tree,
 )
-from accel_jax.hyperparams import current_hyperparams, float_dtype, increment, init_hyperparams
-from accel_jax.transforms.adaptive import ScaleByAdamState, adam_eps, bias_correction
+from accel_jax.hyperparams import current_hyperparams, float_dtype, increment, init_state
+from accel_jax.transforms.adam import (
+    ScaleByAdamState,
+    adam_moments,
+    check_adam_args,
+)
+from accel_jax.transforms.adaptive import adam_eps, bias_correction
 
 # x / expm1(x) = sum_n B_n x^n / n!: the coefficients of x^2, x^4, ..., x^16 (B_1 = -1/2 apart).
 _BERNOULLI = (1 / 12, -1 / 720, 1 / 30240, -1 / 1209600, 1 / 47900160,
@@ -107,32 +110,18 @@ def scale_by_radam(
     Reference: Liu et al., "On the Variance of the Adaptive Learning Rate and
     Beyond", ICLR 2020.
     """
-    v.check_decay("b1", b1)
-    v.check_decay("b2", b2)
-    v.check_eps("eps", eps)
-    v.check_eps("eps_root", eps_root)
+    check_adam_args(b1, b2, eps, eps_root, mu_dtype, nu_dtype)
     v.check_number("threshold", threshold, lo=4.0)
     v.check_flags(nesterov=nesterov, eps_before_bias_correction=eps_before_bias_correction)
-    v.check_dtype("mu_dtype", mu_dtype)
-    v.check_dtype("nu_dtype", nu_dtype)
     specs = {"b1": b1, "b2": b2}
-
-    def init_fn(params):
-        return ScaleByAdamState(
-            jnp.zeros([], jnp.int32),
-            init_hyperparams(**specs),
-            zeros_like_tree(params, mu_dtype),
-            zeros_like_tree(params, nu_dtype),
-        )
+    init_fn = init_state(ScaleByAdamState, specs, mu_dtype, nu_dtype)
 
     def update_fn(updates, state, params=None):
         del params
         check_structure(updates, state.mu, "the optimizer state (mu)")
         hp = current_hyperparams(specs, state.hyperparams, state.count)
         b1_t, b2_t = hp["b1"], hp["b2"]
-        mu = update_moment(updates, state.mu, b1_t, 1)
-        nu = update_moment(updates, state.nu, b2_t, 2)
-        count = increment(state.count)
+        mu, nu, count = adam_moments(updates, state, b1_t, b2_t)
         bc1, bc2 = bias_correction(b1_t, count), bias_correction(b2_t, count)
         # Nesterov: m_hat = c_m * m + c_g * g (c_g = 0 without).
         if nesterov:

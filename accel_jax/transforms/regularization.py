@@ -40,7 +40,7 @@ from accel_jax.base import (
     stateless,
 )
 from accel_jax.combine import masked
-from accel_jax.hyperparams import current_hyperparams, float_dtype, increment, init_hyperparams
+from accel_jax.hyperparams import current_hyperparams, float_dtype, increment, init_state
 from accel_jax.transforms.clipping import _check_axis, unit_norms
 
 
@@ -83,9 +83,7 @@ def add_decayed_weights(
     if learning_rate is not None:
         specs["learning_rate"] = learning_rate
 
-    def init_fn(params):
-        del params
-        return AddDecayedWeightsState(jnp.zeros([], jnp.int32), init_hyperparams(**specs))
+    init_fn = init_state(AddDecayedWeightsState, specs)
 
     def update_fn(updates, state, params=None):
         require_params(params, "add_decayed_weights")
@@ -150,9 +148,7 @@ def l1_proximal(
     v.check_rate("learning_rate", learning_rate)
     specs = {"l1": l1, "learning_rate": learning_rate}
 
-    def init_fn(params):
-        del params
-        return L1ProximalState(jnp.zeros([], jnp.int32), init_hyperparams(**specs))
+    init_fn = init_state(L1ProximalState, specs)
 
     def update_fn(updates, state, params=None):
         require_params(params, "l1_proximal")

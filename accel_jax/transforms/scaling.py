@@ -15,7 +15,7 @@ from accel_jax.base import (
     leafwise,
     stateless,
 )
-from accel_jax.hyperparams import current_hyperparams, increment, init_hyperparams
+from accel_jax.hyperparams import current_hyperparams, increment, init_state
 
 
 def scale(step_size: float | None = None, *, factor: float | None = None) -> GradientTransformation:
@@ -65,9 +65,7 @@ def scale_by_learning_rate(
     v.check_rate("learning_rate", learning_rate)
     specs = {"learning_rate": learning_rate}
 
-    def init_fn(params):
-        del params
-        return ScaleByLearningRateState(jnp.zeros([], jnp.int32), init_hyperparams(**specs))
+    init_fn = init_state(ScaleByLearningRateState, specs)
 
     def update_fn(updates, state, params=None):
         del params

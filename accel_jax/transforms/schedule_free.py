@@ -29,10 +29,15 @@ from accel_jax.base import (
     leafwise,
     require_params,
     update_moment,
-    zeros_like_tree,
 )
 from accel_jax.combine import MaskedNode, _call_update
-from accel_jax.hyperparams import current_hyperparams, float_dtype, increment, init_hyperparams
+from accel_jax.hyperparams import (
+    current_hyperparams,
+    float_dtype,
+    increment,
+    init_hyperparams,
+    init_state,
+)
 from accel_jax.transforms.adaptive import bias_correction
 
 
@@ -276,10 +281,7 @@ def scale_by_rms_debiased(
     v.check_dtype("nu_dtype", nu_dtype)
     specs = {"b2": b2}
 
-    def init_fn(params):
-        return ScaleByRmsDebiasedState(
-            jnp.zeros([], jnp.int32), init_hyperparams(**specs), zeros_like_tree(params, nu_dtype)
-        )
+    init_fn = init_state(ScaleByRmsDebiasedState, specs, nu_dtype)
 
     def update_fn(updates, state, params=None):
         del params

@@ -15,9 +15,8 @@ from accel_jax.base import (
     compute_dtype,
     leafwise,
     update_moment,
-    zeros_like_tree,
 )
-from accel_jax.hyperparams import current_hyperparams, increment, init_hyperparams
+from accel_jax.hyperparams import current_hyperparams, increment, init_state
 
 
 class ScaleByLionState(NamedTuple):
@@ -59,10 +58,7 @@ def scale_by_lion(
     v.check_number("smooth_beta", smooth_beta)
     specs = {"b1": b1, "b2": b2}
 
-    def init_fn(params):
-        return ScaleByLionState(
-            jnp.zeros([], jnp.int32), init_hyperparams(**specs), zeros_like_tree(params, mu_dtype)
-        )
+    init_fn = init_state(ScaleByLionState, specs, mu_dtype)
 
     def update_fn(updates, state, params=None):
         del params

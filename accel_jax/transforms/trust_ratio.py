@@ -26,7 +26,7 @@ from accel_jax.base import (
     require_params,
 )
 from accel_jax.combine import masked
-from accel_jax.hyperparams import current_hyperparams, increment, init_hyperparams
+from accel_jax.hyperparams import current_hyperparams, increment, init_state
 from accel_jax.transforms.clipping import _sum_of_squares
 
 
@@ -99,9 +99,7 @@ def scale_by_trust_ratio(
     v.check_eps("eps", eps)
     specs = {"trust_coefficient": trust_coefficient}
 
-    def init_fn(params):
-        del params
-        return ScaleByTrustRatioState(jnp.zeros([], jnp.int32), init_hyperparams(**specs))
+    init_fn = init_state(ScaleByTrustRatioState, specs)
 
     def update_fn(updates, state, params=None):
         require_params(params, "scale_by_trust_ratio")
