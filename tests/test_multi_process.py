@@ -76,5 +76,8 @@ def test_workers_are_stopped_on_timeout_and_the_port_is_free(tmp_path):
     args = ["--batch", "data", "--steps", "1000", "--result", str(tmp_path / "r.npz")]
     with pytest.raises(RuntimeError, match="timed out"):
         mp.launch(2, 2, args, timeout=0.5, port=port)
-    with socket.socket() as s:  # nothing is left listening on the coordinator's port
+    # Nothing is left listening on the coordinator's port. SO_REUSEADDR: the killed
+    # workers' closed connections may sit in TIME_WAIT, which only a listener blocks.
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", port))
