@@ -349,3 +349,38 @@ def test_one_cycle_and_cosine_restarts_differ_from_optax_as_documented():
     np.testing.assert_allclose(jax.vmap(restarts)(steps), reference(jax.vmap(sgdr), steps),
                                atol=1e-6)
     assert abs(float(aj.cosine_restarts(1.0, 10, t_mul=2.0)(15)) - float(reference(sgdr, 15))) > 0.1
+
+
+# Optimizers accel_jax shares with optax by name (optax.contrib's for muon and schedule-free).
+SHARED_OPTIMIZERS = [
+    "sgd", "adagrad", "rmsprop", "adam", "adamw", "adamax", "adamaxw", "nadam", "nadamw",
+    "radam", "adadelta", "lion", "lamb", "lars", "adafactor",
+]
+
+
+@pytest.mark.parametrize("name", SHARED_OPTIMIZERS)
+def test_positional_arguments_are_optax_order(name):
+    """A positional call means the same in both: optax's positional parameters are ours, in
+    optax's order (ours may add keyword-only ones). adamw once had weight_decay where optax
+    has mu_dtype, so adamw(lr, b1, b2, eps, eps_root, None, 1e-4) decayed nothing."""
+    import inspect
+
+    def positional(fn):
+        return [p.name for p in inspect.signature(fn).parameters.values()
+                if p.kind is inspect.Parameter.POSITIONAL_OR_KEYWORD]
+
+    theirs = positional(getattr(optax, name))
+    assert positional(getattr(aj, name))[: len(theirs)] == theirs
+
+
+def test_rmsprop_bias_correction_matches_optax(standard_promotion):
+    params = {"w": jnp.linspace(-1.0, 1.0, 5)}
+    ours, theirs = aj.rmsprop(0.05, bias_correction=True), optax.rmsprop(0.05, bias_correction=True)
+    s_ours, s_theirs = ours.init(params), theirs.init(params)
+    for i in range(5):
+        g = {"w": jnp.cos(params["w"] * (i + 1))}
+        u_ours, s_ours = ours.update(g, s_ours, params)
+        u_theirs, s_theirs = theirs.update(g, s_theirs, params)
+        np.testing.assert_allclose(u_ours["w"], u_theirs["w"], rtol=1e-6)
+    with pytest.raises(ValueError, match="plain RMSProp"):
+        aj.rmsprop(0.05, centered=True, bias_correction=True)

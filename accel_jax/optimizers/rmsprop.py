@@ -19,12 +19,13 @@ def rmsprop(
     learning_rate: ScalarOrSchedule,
     decay: float | None = None,
     eps: float | None = None,
-    *,
+    initial_scale: float = 0.0,
+    eps_in_sqrt: bool | None = None,
     centered: bool = False,
     momentum: ScalarOrSchedule | None = None,
     nesterov: bool = False,
-    initial_scale: float = 0.0,
-    eps_in_sqrt: bool | None = None,
+    bias_correction: bool = False,
+    *,
     lr_in_momentum: bool | None = None,
     mu_dtype: Any = None,
     nu_dtype: Any = None,
@@ -39,7 +40,8 @@ def rmsprop(
         b_t = beta * b_{t-1} + eta_t * d_t;  w <- w - b_t     (momentum, lr_in_momentum=True)
         b_t = beta * b_{t-1} + d_t;  w <- w - eta_t * b_t     (momentum, lr_in_momentum=False)
 
-    ``eps_in_sqrt=False`` uses ``sqrt(v_t) + eps``. On CPU,
+    ``eps_in_sqrt=False`` uses ``sqrt(v_t) + eps``; ``bias_correction=True`` (optax's,
+    plain RMSProp only) divides ``v_t`` by ``1 - decay^t``. On CPU,
     :func:`accel_jax.make_step` / :func:`accel_jax.apply_step` run plain RMSProp (not
     centered, no momentum) as one native pass over memory (``docs/performance.md``).
     Defaults per ``convention``:
@@ -62,7 +64,11 @@ def rmsprop(
 
     Reference: Hinton, Coursera "Neural Networks for Machine Learning", lecture 6e.
     """
-    v.check_flags(centered=centered, nesterov=nesterov)
+    v.check_flags(centered=centered, nesterov=nesterov, bias_correction=bias_correction)
+    if centered and bias_correction:
+        raise ValueError(
+            "bias_correction=True is supported for plain RMSProp only, got centered=True."
+        )
     s = settings(
         "rmsprop",
         convention,
@@ -77,14 +83,14 @@ def rmsprop(
     if centered:
         scaling = scale_by_stddev(s["decay"], s["eps"], mu_dtype=mu_dtype, **kwargs)
     else:
-        scaling = scale_by_rms(s["decay"], s["eps"], **kwargs)
+        scaling = scale_by_rms(s["decay"], s["eps"], bias_correction=bias_correction, **kwargs)
     tx = chain(
         scaling,
         *momentum_and_lr(
             momentum, nesterov, mu_dtype, learning_rate, s["lr_in_momentum"], use_momentum
         ),
     )
-    if not centered and not use_momentum:
+    if not centered and not use_momentum and not bias_correction:
         tx = with_rms_kernel(tx, s["decay"], s["eps"], s["eps_in_sqrt"])
     return tx
 

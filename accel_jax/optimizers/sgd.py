@@ -16,12 +16,12 @@ def sgd(
     learning_rate: ScalarOrSchedule,
     momentum: ScalarOrSchedule | None = None,
     nesterov: bool = False,
-    weight_decay: ScalarOrSchedule | None = None,
+    accumulator_dtype: Any = None,
     *,
+    weight_decay: ScalarOrSchedule | None = None,
     decoupled_weight_decay: bool | None = None,
     lr_in_momentum: bool | None = None,
     mu_dtype: Any = None,
-    accumulator_dtype: Any = None,
     convention: str = "optax",
 ) -> GradientTransformationExtraArgs:
     """Stochastic gradient descent, with optional momentum, Nesterov momentum and weight decay.
