@@ -106,6 +106,7 @@ from accel_jax.transforms.regularization import (
 
 # --- performance (issue 6) ---
 from accel_jax.fused import FlatLayout, apply_step, flatten_params, make_step
+from accel_jax.packing import pack_state
 from accel_jax._native import native_available, native_status
 from accel_jax.transforms.quantized import (
     QuantizedArray,

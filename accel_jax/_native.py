@@ -29,6 +29,7 @@ import contextlib
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import shutil
 import subprocess
@@ -37,6 +38,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from accel_jax import _native_cache as cache
 
@@ -47,7 +49,14 @@ TARGETS = (
     "accel_jax_rms_f32",
     "accel_jax_adam8_f32",
     "accel_jax_adam_bf16",
+    "accel_jax_adam_f32_packed",
+    "accel_jax_momentum_f32_packed",
+    "accel_jax_rms_f32_packed",
+    "accel_jax_adam_bf16_packed",
 )
+# Kernels with a packed variant (``<target>_packed``: each state slot one buffer, see
+# kernels/cpu_kernels.cc and accel_jax.pack_state).
+PACKED = frozenset(t for t in TARGETS if f"{t}_packed" in TARGETS)
 _FLAGS = ("-O3", "-march=native", "-fno-math-errno", "-std=c++17", "-shared", "-fPIC", "-w")
 
 _lock = threading.Lock()
@@ -238,52 +247,86 @@ REFERENCES = {
 LEAVES_PER_CALL = 32
 
 
-def reference_leaves(target, scalars, leaf_scalars, params, grads, slots):
+def reference_leaves(target, offsets, scalars, leaf_scalars, params, grads, slots):
     """:func:`native_leaves` in jax.numpy."""
     fn = REFERENCES[target]
     new_p, new_slots = [], [[] for _ in slots]
     for i, (p, g) in enumerate(zip(params, grads, strict=True)):
-        p, state = fn(scalars, leaf_scalars[i], p, g, *(slot[i] for slot in slots))
+        if offsets is None:
+            state = [slot[i] for slot in slots]
+        else:
+            state = [_packed_part(slot, offsets[i], p.shape) for slot in slots]
+        p, state = fn(scalars, leaf_scalars[i], p, g, *state)
         new_p.append(p)
         for column, value in zip(new_slots, state, strict=True):
             column.append(value)
+    if offsets is not None:  # write each leaf's new state back at its offset
+        packed = []
+        for buffer, column in zip(slots, new_slots, strict=True):
+            for at, value in zip(offsets, column, strict=True):
+                buffer = jax.lax.dynamic_update_slice(buffer, jnp.ravel(value), (at,))
+            packed.append(buffer)
+        new_slots = packed
     return new_p, new_slots
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def native_leaves(target, scalars, leaf_scalars, params, grads, slots):
+def _packed_part(buffer, offset, shape):
+    size = math.prod(shape)
+    return jax.lax.slice(buffer, (offset,), (offset + size,)).reshape(shape)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def native_leaves(target, offsets, scalars, leaf_scalars, params, grads, slots):
     """One optimizer step over float32 leaves by the native kernel ``target``.
 
     ``params`` and ``grads`` are lists of L arrays, ``slots`` a list of S such
-    lists (the state arrays); returns ``(new_params, new_slots)``. Results share
-    their buffers with ``params`` and ``slots`` (in place when donated). The JVP
-    is :func:`reference_leaves`'s, so the step stays differentiable.
+    lists (the state arrays); returns ``(new_params, new_slots)``. With
+    ``offsets`` (a tuple of L ints; the target must be in :data:`PACKED`) each
+    slot is one 1-D buffer instead, holding leaf i's state at ``offsets[i]``, and
+    the new slots are those buffers updated. Results share their buffers with
+    ``params`` and ``slots`` (in place when donated). The JVP is
+    :func:`reference_leaves`'s, so the step stays differentiable.
     """
     if not native_available():
         raise RuntimeError(f"native kernel {target} is not available: {native_status()}")
     n_slots = len(slots)
     new_p, new_slots = [], [[] for _ in slots]
+    packed = list(slots) if offsets is not None else None
     for start in range(0, len(params), LEAVES_PER_CALL):
         part = slice(start, start + LEAVES_PER_CALL)
-        ps, gs, ss = params[part], grads[part], [slot[part] for slot in slots]
+        ps, gs = params[part], grads[part]
         n = len(ps)
-        outs = [ps, *ss]
-        shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for col in outs for x in col]
-        # Operands: scalars, leaf_scalars, params, grads, slots; result block j (params,
-        # then slots) shares its buffers with the operand block it replaces.
-        blocks = [0, *range(2, 2 + n_slots)]
-        aliases = {2 + b * n + i: j * n + i for j, b in enumerate(blocks) for i in range(n)}
-        call = jax.ffi.ffi_call(
-            target, shapes, input_output_aliases=aliases, vmap_method="sequential"
-        )
-        out = call(scalars, leaf_scalars[start : start + n], *ps, *gs, *(x for s in ss for x in s))
+        # Operands: scalars, leaf_scalars, params, grads, slots; result block j
+        # (params, then each slot) shares its buffers with the operand block it replaces.
+        if packed is None:
+            ss = [slot[part] for slot in slots]
+            outs, name = [*ps, *(x for s in ss for x in s)], target
+            aliases = {2 + b * n + i: j * n + i
+                       for j, b in enumerate([0, *range(2, 2 + n_slots)]) for i in range(n)}
+            operands = [*ps, *gs, *outs[n:]]
+            attributes = {}
+        else:  # each call updates its leaves' ranges of the packed buffers, in place
+            outs, name = [*ps, *packed], f"{target}_packed"
+            aliases = {2 + i: i for i in range(n)}
+            aliases.update({2 + 2 * n + k: n + k for k in range(n_slots)})
+            operands = [*ps, *gs, *packed]
+            attributes = {"offsets": np.asarray(offsets[part], np.int64)}
+        shapes = [jax.ShapeDtypeStruct(x.shape, x.dtype) for x in outs]
+        call = jax.ffi.ffi_call(name, shapes, input_output_aliases=aliases,
+                                vmap_method="sequential")
+        out = call(scalars, leaf_scalars[start : start + n], *operands, **attributes)
         new_p += out[:n]
-        for k in range(n_slots):
-            new_slots[k] += out[(k + 1) * n : (k + 2) * n]
-    return new_p, new_slots
+        if packed is None:
+            for k in range(n_slots):
+                new_slots[k] += out[(k + 1) * n : (k + 2) * n]
+        else:
+            packed = list(out[n:])
+    return new_p, (new_slots if packed is None else packed)
 
 
 @native_leaves.defjvp
-def _native_leaves_jvp(target, primals, tangents):
-    _, tangents_out = jax.jvp(functools.partial(reference_leaves, target), primals, tangents)
-    return native_leaves(target, *primals), tangents_out
+def _native_leaves_jvp(target, offsets, primals, tangents):
+    _, tangents_out = jax.jvp(
+        functools.partial(reference_leaves, target, offsets), primals, tangents
+    )
+    return native_leaves(target, offsets, *primals), tangents_out

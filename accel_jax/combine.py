@@ -12,6 +12,7 @@ import jax.numpy as jnp
 from accel_jax.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
+    apply_updates,
     leafwise,
     stateless,
 )
@@ -124,6 +125,15 @@ def _mask_tree(tree: Any, mask_tree: Any) -> Any:
         ) from None
 
 
+def _mask_extra_args(extra_args: dict, updates: Any, mask_tree: Any) -> dict:
+    """``extra_args`` with each argument shaped like ``updates`` masked by ``mask_tree``."""
+    structure = jax.tree.structure(updates)
+    return {
+        k: _mask_tree(v, mask_tree) if jax.tree.structure(v) == structure else v
+        for k, v in extra_args.items()
+    }
+
+
 def masked(
     inner: GradientTransformation,
     mask: Any | Callable[[Any], Any],
@@ -166,11 +176,7 @@ def masked(
         chosen_updates = _mask_tree(updates, mask_tree)
         chosen_params = None if params is None else _mask_tree(params, mask_tree)
         if mask_compatible_extra_args:
-            structure = jax.tree.structure(updates)
-            extra_args = {
-                k: _mask_tree(v, mask_tree) if jax.tree.structure(v) == structure else v
-                for k, v in extra_args.items()
-            }
+            extra_args = _mask_extra_args(extra_args, updates, mask_tree)
         new_chosen, inner_state = _call_update(
             inner, chosen_updates, state.inner_state, chosen_params, extra_args
         )
@@ -201,6 +207,9 @@ def partition(
     it), or a function of the params returning one; :func:`path_labels` builds
     such a function from the parameter paths. Each label must be a key of
     ``transforms``. Each transformation keeps state for its own group only.
+    Under :func:`accel_jax.apply_step` / :func:`accel_jax.make_step` a group whose
+    transformation has a native CPU kernel (Adam, AdamW, SGD with momentum,
+    RMSProp) runs it on the group's leaves; the other groups take the XLA path.
 
     >>> import jax.numpy as jnp, accel_jax as aj
     >>> params = {"w": jnp.ones(2), "b": jnp.ones(1)}
@@ -255,7 +264,46 @@ def partition(
             )
         return updates, PartitionState(new_states)
 
-    return GradientTransformationExtraArgs(init_fn, update_fn)
+    def wrap_kernel_steps(steps):
+        def step(params, state, grads, extra_args, required):
+            m = masks(params)
+            new_params, new_states, ran = params, {}, False
+            for key, tx in transforms.items():
+                group_params = _mask_tree(params, m[key])
+                group_grads = _mask_tree(grads, m[key])
+                args = (
+                    _mask_extra_args(extra_args, grads, m[key])
+                    if mask_compatible_extra_args else extra_args
+                )
+                inner_state = state.inner_states[key].inner_state
+                if steps[key] is not None and any(jax.tree.leaves(m[key])):
+                    group_params, inner_state = steps[key](
+                        group_params, inner_state, group_grads, args, required
+                    )
+                    ran = True
+                else:  # the XLA path: this group's update, applied to its leaves
+                    updates, inner_state = _call_update(
+                        tx, group_grads, inner_state, group_params, args
+                    )
+                    group_params = apply_updates(group_params, updates)
+                new_states[key] = MaskedState(inner_state)
+                new_params = jax.tree.map(
+                    lambda keep, new, old: new if keep else old, m[key], group_params,
+                    new_params, is_leaf=lambda x: isinstance(x, MaskedNode),
+                )
+            if required and not ran:
+                raise ValueError(
+                    "apply_step(kernel=True): no group of this partition that has a native "
+                    "kernel has a parameter."
+                )
+            return new_params, PartitionState(new_states)
+
+        return step
+
+    from accel_jax.fused import forward_kernel_steps  # here: fused imports this module
+
+    tx = GradientTransformationExtraArgs(init_fn, update_fn)
+    return forward_kernel_steps(tx, transforms, wrap_kernel_steps)
 
 
 def path_labels(fn: Callable[[str, Any], Hashable]) -> Callable[[Any], Any]:
@@ -300,7 +348,8 @@ def selective_transform(
 ) -> GradientTransformationExtraArgs:
     """``optimizer`` on the leaves where ``freeze_mask`` is False; zero updates (and no
     optimizer state) where it is True. ``freeze_mask`` is a bool or a pytree of bools
-    (a prefix of the params); optax's ``selective_transform``.
+    (a prefix of the params); optax's ``selective_transform``. A :func:`partition`, so
+    ``optimizer``'s native kernel stays in use under :func:`accel_jax.apply_step`.
 
     >>> import jax.numpy as jnp, accel_jax as aj
     >>> tx = aj.selective_transform(aj.sgd(1.0), freeze_mask={"w": False, "b": True})

@@ -23,18 +23,21 @@ from __future__ import annotations
 
 import math
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from accel_jax import _flat, _native
-from accel_jax.base import GradientTransformation, apply_updates, is_trainable
+from accel_jax.base import GradientTransformation, apply_updates, as_array_leaf, is_trainable
 from accel_jax.combine import _call_update
 
 # tx.update -> the function that runs tx's whole step (update + apply) with a native kernel.
 _KERNEL_STEPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+# tx.update -> its KernelSpec (optimizer constructors only; see register_kernel_step).
+_KERNEL_SPECS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def apply_step(
@@ -85,7 +88,7 @@ def apply_step(
 
 def _kernel_step_for(tx: GradientTransformation, kernel: bool | None) -> Callable | None:
     """The native step of ``tx`` if ``kernel`` asks for it and it can run, else ``None``."""
-    if kernel not in (None, True, False):
+    if kernel is not None and not isinstance(kernel, bool):  # not 1 or 0.0 (1 == True)
         raise ValueError(f"apply_step: kernel must be None, True or False, got {kernel!r}.")
     if kernel is False:
         return None
@@ -120,7 +123,13 @@ def register_kernel_step(tx: GradientTransformation, spec: KernelSpec) -> Gradie
     ``tx`` unchanged.
     """
     _KERNEL_STEPS[tx.update] = _kernel_step(tx, spec)
+    _KERNEL_SPECS[tx.update] = spec
     return tx
+
+
+def kernel_spec(tx: GradientTransformation) -> KernelSpec | None:
+    """The :class:`KernelSpec` registered for ``tx`` (an optimizer constructor's), or ``None``."""
+    return _KERNEL_SPECS.get(tx.update)
 
 
 def forward_kernel_step(
@@ -139,9 +148,25 @@ def forward_kernel_step(
     would run ``inner.update``. Without it a wrapper silently falls back to the
     XLA path.
     """
-    inner_step = _KERNEL_STEPS.get(inner.update)
-    if inner_step is not None:
-        _KERNEL_STEPS[wrapper.update] = wrap(inner_step)
+    return forward_kernel_steps(wrapper, {None: inner}, lambda steps: wrap(steps[None]))
+
+
+def forward_kernel_steps(
+    wrapper: GradientTransformation,
+    inners: Mapping[Hashable, GradientTransformation],
+    wrap: Callable[[dict[Hashable, Callable | None]], Callable],
+) -> GradientTransformation:
+    """:func:`forward_kernel_step` for a wrapper of several transformations; returns ``wrapper``.
+
+    For transformations that run one of several on each part of the params
+    (``partition``'s groups): when at least one of ``inners`` has a native step,
+    ``wrap(steps)`` gets ``{key: that inner's step, or None}`` and must return the
+    wrapper's step (same signature), running each inner step on its part and the
+    XLA path (``update`` and ``apply_updates``) for the parts whose step is ``None``.
+    """
+    steps = {key: _KERNEL_STEPS.get(inner.update) for key, inner in inners.items()}
+    if any(step is not None for step in steps.values()):
+        _KERNEL_STEPS[wrapper.update] = wrap(steps)
     return wrapper
 
 
@@ -208,7 +233,7 @@ def _kernel_step(tx: GradientTransformation, spec: KernelSpec) -> Callable:
         leaf_values = jnp.stack([v for v, ok in zip(leaf_scalars, take, strict=True) if ok])
         target = spec.target if isinstance(spec.target, str) else spec.target(chosen)
         new_p, new_slots = _native.native_leaves(
-            target, spec.scalars(new_state), leaf_values, chosen[0], chosen[1], chosen[2:]
+            target, None, spec.scalars(new_state), leaf_values, chosen[0], chosen[1], chosen[2:]
         )
         results = [treedef.flatten_up_to(apply_updates(params, updates))]
         results += [treedef.flatten_up_to(t) for t in spec.slots(new_state)]
@@ -273,6 +298,38 @@ class FlatLayout:
         self.slots = slots
         self.sizes = sizes
 
+    @classmethod
+    def of(cls, tree: Any, pad_to: int = 1) -> FlatLayout:
+        """The layout of ``tree``'s leaves (from their shapes and dtypes only).
+
+        ``pad_to``: each buffer's length is rounded up to a multiple of it (zeros at
+        the end), e.g. the size of a mesh axis that the buffers are split over.
+        """
+        leaves, treedef = jax.tree.flatten(tree)
+        slots = []
+        sizes: dict[str, int] = {}
+        for leaf in leaves:
+            leaf = as_array_leaf(leaf)
+            if not is_trainable(leaf):
+                slots.append(_Slot("", 0, tuple(jnp.shape(leaf))))
+                continue
+            name = jnp.dtype(leaf.dtype).name
+            offset = sizes.get(name, 0)
+            slots.append(_Slot(name, offset, tuple(leaf.shape)))
+            sizes[name] = offset + math.prod(leaf.shape)
+        sizes = {name: -(-size // pad_to) * pad_to for name, size in sizes.items()}
+        return cls(treedef, tuple(slots), sizes)
+
+    def group_leaves(self, name: str, buffer: jax.Array) -> list:
+        """The leaves (reshaped) that the buffer of dtype group ``name`` holds, in order."""
+        slots = [s for s in self.slots if s.group == name]
+        if _flat.is_concrete(buffer):
+            return _flat.split(buffer, [s.offset for s in slots], [s.shape for s in slots])
+        sizes = [math.prod(s.shape) for s in slots]
+        padding = self.sizes[name] - sum(sizes)
+        parts = jax.lax.split(buffer, sizes + [padding] if padding else sizes)
+        return [x.reshape(s.shape) for x, s in zip(parts, slots, strict=False)]
+
     def unflatten(self, flat: dict[str, Any]) -> Any:
         """The params tree that ``flat`` holds (the buffers split, and reshaped).
 
@@ -282,29 +339,9 @@ class FlatLayout:
         Outside a trace, one small jitted slice per leaf instead (``_flat.py``: an eager
         split compiles one computation with a result per leaf, minutes at 10,000).
         """
-        if _flat.is_concrete(flat):
-            parts = {
-                name: iter(_flat.split(
-                    flat[name],
-                    [s.offset for s in self.slots if s.group == name],
-                    [s.shape for s in self.slots if s.group == name],
-                ))
-                for name in self.sizes
-            }
-        else:
-            parts = {
-                name: iter(
-                    jax.lax.split(
-                        flat[name], [math.prod(s.shape) for s in self.slots if s.group == name]
-                    )
-                )
-                for name in self.sizes
-            }
+        parts = {name: iter(self.group_leaves(name, flat[name])) for name in self.sizes}
         others = iter(flat.get("other", ()))
-        leaves = [
-            next(parts[slot.group]).reshape(slot.shape) if slot.group else next(others)
-            for slot in self.slots
-        ]
+        leaves = [next(parts[s.group]) if s.group else next(others) for s in self.slots]
         return jax.tree.unflatten(self.treedef, leaves)
 
     def flatten(self, tree: Any) -> dict[str, Any]:
@@ -318,14 +355,18 @@ class FlatLayout:
             else:
                 groups[slot.group].append(leaf)
         concrete = _flat.is_concrete(leaves)  # eager: linear in the leaves (_flat.py)
-        flat: dict[str, Any] = {
-            name: (
+        flat: dict[str, Any] = {}
+        for name, parts in groups.items():
+            padding = self.sizes[name] - sum(math.prod(jnp.shape(x)) for x in parts)
+            if padding:
+                dtype = jnp.result_type(*parts)
+                zeros = np.zeros if concrete else jnp.zeros
+                parts = [*parts, zeros(padding, dtype)]
+            flat[name] = (
                 jnp.ravel(parts[0]) if len(parts) == 1
                 else _flat.concatenate(parts, self.sizes[name], name) if concrete
                 else jnp.concatenate([jnp.ravel(x) for x in parts])
             )
-            for name, parts in groups.items()
-        }
         if others:
             flat["other"] = tuple(others)
         return flat
@@ -350,17 +391,5 @@ def flatten_params(params: Any) -> tuple[dict[str, jax.Array], FlatLayout]:
     >>> layout.unflatten(flat)["w"].shape
     (2, 2)
     """
-    leaves, treedef = jax.tree.flatten(params)
-    slots = []
-    sizes: dict[str, int] = {}
-    for leaf in leaves:
-        leaf = jnp.asarray(leaf)
-        if not is_trainable(leaf):
-            slots.append(_Slot("", 0, tuple(leaf.shape)))
-            continue
-        name = jnp.dtype(leaf.dtype).name
-        offset = sizes.get(name, 0)
-        slots.append(_Slot(name, offset, tuple(leaf.shape)))
-        sizes[name] = offset + leaf.size
-    layout = FlatLayout(treedef, tuple(slots), sizes)
+    layout = FlatLayout.of(params)
     return layout.flatten(params), layout

@@ -126,6 +126,7 @@ FACTORIES: dict[str, Entry] = {
     ),
     **_wrapped("accumulate_gradients", every_k=2),
     **_wrapped("skip_non_finite"),
+    **_wrapped("pack_state"),
     **_wrapped("schedule_free", key="base_optimizer", learning_rate=1e-2),
     **_wrapped("apply_if_finite", max_consecutive_errors=2),
     **_wrapped("conditionally_mask", should_transform_fn=lambda step: step % 2 == 0),

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import accel_jax as aj
+from accel_jax.fused import has_kernel_step
 from tests.problems import layer_like_params, random_grads
 
 OPTIMIZERS = {
@@ -195,3 +196,71 @@ def test_make_step_takes_keywords_and_donates_them():
     got, _ = step(params=p_in, opt_state=s_in, grads=grads)
     np.testing.assert_array_equal(got["w"], expected["w"])
     assert p_in["w"].is_deleted() and s_in[0].mu["w"].is_deleted()
+
+
+# --- partition keeps its groups' native kernels (apply_step / make_step) -----------------
+
+_LABELS = {"dense": {"kernel": "a", "bias": "b"}, "emb": "a", "scale": "c"}
+
+
+def _groups(with_lion):
+    groups = {"a": aj.adamw(1e-2, weight_decay=0.1), "b": aj.sgd(1e-2, momentum=0.9),
+              "c": aj.freeze()}
+    return {**groups, "d": aj.lion(1e-3)} if with_lion else groups
+
+
+def _kernel_matches_xla(tx, targets, exact_leaves, exact_states=()):
+    """One jitted step per path, replayed over 3 steps: the kernel runs (its custom calls
+    are in the lowered step), equals the XLA path to float32 rounding (rtol 1e-6, FMAs),
+    and exactly on the leaves and the group states that have no kernel."""
+    params = _params()
+    with_kernel = jax.jit(lambda p, s, g: aj.apply_step(tx, p, s, g, kernel=True))
+    xla = jax.jit(lambda p, s, g: aj.apply_step(tx, p, s, g, kernel=False))
+    state = tx.init(params)
+    text = with_kernel.lower(params, state, params).as_text()
+    assert [text.count(f"custom_call @{t}(") for t in targets] == [1] * len(targets)
+    a, sa, b, sb = params, state, params, state
+    for i in range(3):
+        a, sa = with_kernel(a, sa, _grads(params, i))
+        b, sb = xla(b, sb, _grads(params, i))
+    for x, y in zip(jax.tree.leaves((a, sa)), jax.tree.leaves((b, sb)), strict=True):
+        x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+        np.testing.assert_allclose(x, y, rtol=1e-6, atol=1e-6 * float(np.max(np.abs(y)) or 1.0))
+    assert not np.array_equal(a["dense"]["kernel"], params["dense"]["kernel"])
+    for key in exact_leaves:
+        np.testing.assert_array_equal(a[key], b[key])
+    for k in exact_states:
+        _assert_trees_equal(sa.inner_states[k], sb.inner_states[k])
+
+
+@pytest.mark.parametrize("with_lion", [False, True])
+def test_partition_runs_each_groups_kernel(native_kernels, with_lion):
+    labels = {**_LABELS, "emb": "d"} if with_lion else _LABELS
+    tx = aj.partition(_groups(with_lion), labels)
+    assert has_kernel_step(tx) and has_kernel_step(aj.skip_non_finite(tx))
+    exact = ("scale", "emb") if with_lion else ("scale",)
+    _kernel_matches_xla(tx, ["accel_jax_adam_f32", "accel_jax_momentum_f32"], exact,
+                        ("c", "d") if with_lion else ("c",))
+    # kernel=True with no parameter in a group that has a kernel: said, not ignored.
+    empty = aj.partition(_groups(with_lion), "c")
+    with pytest.raises(ValueError, match="no group of this partition that has a native"):
+        aj.apply_step(empty, {"w": jnp.ones(2)}, empty.init({"w": jnp.ones(2)}),
+                      {"w": jnp.ones(2)}, kernel=True)
+
+
+def test_selective_transform_keeps_the_kernel(native_kernels):
+    freeze_mask = {"dense": False, "emb": True, "scale": True}
+    tx = aj.selective_transform(aj.adam(1e-2), freeze_mask=freeze_mask)
+    _kernel_matches_xla(tx, ["accel_jax_adam_f32"], ("emb", "scale"), ("freeze",))
+
+
+def test_kernel_argument_must_be_none_or_a_bool():
+    tx = aj.adam(1e-2)
+    params = {"w": jnp.ones(2)}
+    for bad in (1, 0.0, "yes"):
+        with pytest.raises(ValueError, match=f"kernel must be None, True or False, got {bad!r}"):
+            aj.apply_step(tx, params, tx.init(params), params, kernel=bad)
+    no_kernel = aj.partition({"d": aj.lion(1e-3), "c": aj.freeze()}, {"w": "d"})
+    assert not has_kernel_step(no_kernel)
+    with pytest.raises(ValueError, match="has no native kernel"):
+        aj.apply_step(no_kernel, params, no_kernel.init(params), params, kernel=True)

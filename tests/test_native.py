@@ -141,7 +141,8 @@ def test_each_kernel_matches_its_numpy_formula(name):
     s64 = scalars.astype(np.float64)
     # The kernel, and its jax.numpy transcription (the JVP of the kernel step).
     for fn in (_native.native_leaves, _native.reference_leaves):
-        got_p, got_slots = jax.jit(fn, static_argnums=0)(target, scalars, leaf, p, g, slots)
+        got_p, got_slots = jax.jit(fn, static_argnums=(0, 1))(
+            target, None, scalars, leaf, p, g, slots)
         for i in range(len(shapes)):
             args = [x[i].astype(np.float64) for x in (p, g, *slots)]
             want_p, want_slots = formula(s64, np.float64(leaf[i]), *args)

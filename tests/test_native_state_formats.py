@@ -65,8 +65,8 @@ def test_reference_transcription_matches_the_kernel(native_kernels):
     scalars = jnp.concatenate([scalars, count[None]])
     args = (scalars, jnp.zeros(1, jnp.float32), [w], [w * 0.5],
             [[mu.codes], [mu.scale], [nu.codes], [nu.scale]])
-    ours = jax.jit(lambda *a: _native.native_leaves(TARGET, *a))(*args)
-    ref = jax.jit(lambda *a: _native.reference_leaves(TARGET, *a))(*args)
+    ours = jax.jit(lambda *a: _native.native_leaves(TARGET, None, *a))(*args)
+    ref = jax.jit(lambda *a: _native.reference_leaves(TARGET, None, *a))(*args)
     np.testing.assert_allclose(ours[0][0], ref[0][0], rtol=1e-6, atol=1e-7)
     for a, b in zip(ours[1], ref[1], strict=True):
         if a[0].dtype == jnp.uint8:
@@ -74,8 +74,10 @@ def test_reference_transcription_matches_the_kernel(native_kernels):
         else:
             np.testing.assert_allclose(a[0], b[0], rtol=1e-5)
     # Differentiable: the JVP is the transcription's.
-    tangent = jax.jvp(lambda p: _native.native_leaves(TARGET, scalars, args[1], [p], *args[3:])[0],
-                      (w,), (jnp.ones_like(w),))[1][0]
+    def step(p):
+        return _native.native_leaves(TARGET, None, scalars, args[1], [p], *args[3:])[0]
+
+    tangent = jax.jvp(step, (w,), (jnp.ones_like(w),))[1][0]
     np.testing.assert_allclose(tangent, jnp.ones_like(w), rtol=1e-6)
 
 

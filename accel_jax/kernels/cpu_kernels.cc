@@ -25,6 +25,14 @@
 // accel_jax_rms_f32, K = 5: decay, 1-decay, eps_root, eps, -lr
 //   v = decay*v + (1-decay)*(g*g);  p = p + (g / (sqrt(v + eps_root) + eps)) * (-lr)
 //
+// Packed state (accel_jax.pack_state): the targets named `<kernel>_packed` (Adam float32
+// and bfloat16, momentum, RMSProp) take each state slot as ONE buffer holding every
+// leaf's values, and the leaves' offsets into it (an attribute, `offsets`: L int64s):
+//   scalars, leaf_scalars, params[L], grads[L], slot_1, ..., slot_S
+// with results params[L], slot_1, ..., slot_S (aliased to the inputs); leaf i's state
+// is elements [offsets[i], offsets[i] + size_i) of each slot buffer, and the elements
+// outside every leaf's range are left as they are.
+//
 // accel_jax_adam8_f32: Adam with 8-bit block-wise moments (transforms/quantized.py),
 // S = 4 slots per leaf: m codes (u8[blocks, B]), m scales (f32[blocks]), codes and
 // scales of r = sqrt(v); K = 10: Adam's nine, then the step count's int32 bits. One
@@ -144,51 +152,98 @@ void RmsLoop(int64_t n, const float* s, const float* p, const float* g, const fl
   }
 }
 
-// Pointers of one leaf: inputs params, grads, S slots; outputs params, S slots.
-template <int S>
+// Pointers of one leaf: params, grads and S state slots of element type T (float, or
+// the bits of a bfloat16), and the outputs of each.
+template <int S, typename T>
 struct Leaf {
-  const float* in[2 + S];
-  float* out[1 + S];
+  const float* p;
+  const float* g;
+  const T* slot[S];
+  float* p_out;
+  T* slot_out[S];
   float leaf_scalar;
 };
 
 // Decodes the operands (see the top of the file), checks them, and runs
-// loop(leaf, begin, end) over every leaf in parallel.
-template <int S, typename Loop>
+// loop(leaf, begin, end) over every leaf in parallel. D: the slots' dtype; kPacked:
+// the slots are one buffer each, leaf i's part at offsets[i].
+template <int S, ffi::DataType D, typename T, bool kPacked, typename Loop>
 ffi::Error Run(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, size_t num_scalars,
                ffi::Buffer<ffi::F32> leaf_scalars, ffi::RemainingArgs args,
-               ffi::RemainingRets rets, Loop loop) {
+               ffi::RemainingRets rets, ffi::Span<const int64_t> offsets, Loop loop) {
   const std::string who = "accel_jax kernel";
   if (scalars.element_count() != num_scalars) {
     return ffi::Error::InvalidArgument(who + ": wrong number of scalars");
   }
-  const int64_t num_leaves = static_cast<int64_t>(leaf_scalars.element_count());
-  if (static_cast<int64_t>(args.size()) != (2 + S) * num_leaves ||
-      static_cast<int64_t>(rets.size()) != (1 + S) * num_leaves) {
+  const int64_t L = static_cast<int64_t>(leaf_scalars.element_count());
+  const int64_t slot_operands = kPacked ? S : S * L;
+  if (static_cast<int64_t>(args.size()) != 2 * L + slot_operands ||
+      static_cast<int64_t>(rets.size()) != L + slot_operands) {
     return ffi::Error::InvalidArgument(who + ": operand count does not match the leaves");
   }
-  std::vector<Leaf<S>> leaves(num_leaves);
-  std::vector<int64_t> sizes(num_leaves);
-  int64_t total = 0;
-  for (int64_t i = 0; i < num_leaves; ++i) {
-    int64_t n = -1;
-    for (int j = 0; j < 2 + S; ++j) {
-      auto buf = args.get<ffi::Buffer<ffi::F32>>(j * num_leaves + i);
-      if (!buf.has_value()) return ffi::Error::InvalidArgument(who + ": operands must be f32");
-      const int64_t size = static_cast<int64_t>(buf->element_count());
-      if (n >= 0 && size != n) return ffi::Error::InvalidArgument(who + ": leaf sizes differ");
-      n = size;
-      leaves[i].in[j] = buf->typed_data();
+  const T* packed_in[S];
+  T* packed_out[S];
+  int64_t packed_size[S];
+  if (kPacked) {
+    if (static_cast<int64_t>(offsets.size()) != L) {
+      return ffi::Error::InvalidArgument(who + ": one offset per leaf expected");
     }
-    for (int j = 0; j < 1 + S; ++j) {
-      auto buf = rets.get<ffi::Buffer<ffi::F32>>(j * num_leaves + i);
-      if (!buf.has_value()) return ffi::Error::InvalidArgument(who + ": results must be f32");
-      if (static_cast<int64_t>((*buf)->element_count()) != n) {
+    for (int j = 0; j < S; ++j) {
+      auto in = args.get<ffi::Buffer<D>>(2 * L + j);
+      auto out = rets.get<ffi::Buffer<D>>(L + j);
+      if (!in.has_value() || !out.has_value()) {
+        return ffi::Error::InvalidArgument(who + ": state dtypes do not match the kernel");
+      }
+      packed_size[j] = static_cast<int64_t>(in->element_count());
+      if (static_cast<int64_t>((*out)->element_count()) != packed_size[j]) {
         return ffi::Error::InvalidArgument(who + ": result size differs from its operand");
       }
-      leaves[i].out[j] = (*buf)->typed_data();
+      packed_in[j] = reinterpret_cast<const T*>(in->untyped_data());
+      packed_out[j] = reinterpret_cast<T*>((*out)->untyped_data());
     }
-    leaves[i].leaf_scalar = leaf_scalars.typed_data()[i];
+  }
+  std::vector<Leaf<S, T>> leaves(L);
+  std::vector<int64_t> sizes(L);
+  int64_t total = 0;
+  for (int64_t i = 0; i < L; ++i) {
+    auto p = args.get<ffi::Buffer<ffi::F32>>(i);
+    auto g = args.get<ffi::Buffer<ffi::F32>>(L + i);
+    auto p_out = rets.get<ffi::Buffer<ffi::F32>>(i);
+    if (!p.has_value() || !g.has_value() || !p_out.has_value()) {
+      return ffi::Error::InvalidArgument(who + ": params and gradients must be f32");
+    }
+    const int64_t n = static_cast<int64_t>(p->element_count());
+    if (static_cast<int64_t>(g->element_count()) != n ||
+        static_cast<int64_t>((*p_out)->element_count()) != n) {
+      return ffi::Error::InvalidArgument(who + ": leaf sizes differ");
+    }
+    Leaf<S, T>& leaf = leaves[i];
+    leaf.p = p->typed_data();
+    leaf.g = g->typed_data();
+    leaf.p_out = (*p_out)->typed_data();
+    for (int j = 0; j < S; ++j) {
+      if (kPacked) {
+        const int64_t at = offsets[i];
+        if (at < 0 || at > packed_size[j] - n) {
+          return ffi::Error::InvalidArgument(who + ": a leaf lies outside its state buffer");
+        }
+        leaf.slot[j] = packed_in[j] + at;
+        leaf.slot_out[j] = packed_out[j] + at;
+        continue;
+      }
+      auto in = args.get<ffi::Buffer<D>>(2 * L + j * L + i);
+      auto out = rets.get<ffi::Buffer<D>>(L + j * L + i);
+      if (!in.has_value() || !out.has_value()) {
+        return ffi::Error::InvalidArgument(who + ": state dtypes do not match the kernel");
+      }
+      if (static_cast<int64_t>(in->element_count()) != n ||
+          static_cast<int64_t>((*out)->element_count()) != n) {
+        return ffi::Error::InvalidArgument(who + ": leaf sizes differ");
+      }
+      leaf.slot[j] = reinterpret_cast<const T*>(in->untyped_data());
+      leaf.slot_out[j] = reinterpret_cast<T*>((*out)->untyped_data());
+    }
+    leaf.leaf_scalar = leaf_scalars.typed_data()[i];
     sizes[i] = n;
     total += n;
   }
@@ -197,43 +252,64 @@ ffi::Error Run(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, size_t num_s
   return ffi::Error::Success();
 }
 
-// The per-kernel part: slots, scalar count, and how one range of one leaf is
-// computed (operands in the order documented at the top).
+// The per-kernel part: slots and their dtype, scalar count, and how one range of one
+// leaf is computed (operands in the order documented at the top).
 struct Adam {
   static constexpr int kSlots = 2;
   static constexpr size_t kScalars = 9;
-  static void Apply(const float* s, const Leaf<2>& L, int64_t b, int64_t e) {
-    AdamLoop(e - b, s, L.leaf_scalar, L.in[0] + b, L.in[1] + b, L.in[2] + b, L.in[3] + b,
-             L.out[0] + b, L.out[1] + b, L.out[2] + b);
+  static constexpr ffi::DataType kDtype = ffi::DataType::F32;
+  using T = float;
+  static void Apply(const float* s, const Leaf<2, T>& L, int64_t b, int64_t e) {
+    AdamLoop(e - b, s, L.leaf_scalar, L.p + b, L.g + b, L.slot[0] + b, L.slot[1] + b,
+             L.p_out + b, L.slot_out[0] + b, L.slot_out[1] + b);
   }
 };
 
 struct Momentum {
   static constexpr int kSlots = 1;
   static constexpr size_t kScalars = 4;
-  static void Apply(const float* s, const Leaf<1>& L, int64_t b, int64_t e) {
+  static constexpr ffi::DataType kDtype = ffi::DataType::F32;
+  using T = float;
+  static void Apply(const float* s, const Leaf<1, T>& L, int64_t b, int64_t e) {
     auto loop = s[3] != 0.0f ? MomentumLoop<true> : MomentumLoop<false>;
-    loop(e - b, s, L.in[0] + b, L.in[1] + b, L.in[2] + b, L.out[0] + b, L.out[1] + b);
+    loop(e - b, s, L.p + b, L.g + b, L.slot[0] + b, L.p_out + b, L.slot_out[0] + b);
   }
 };
 
 struct Rms {
   static constexpr int kSlots = 1;
   static constexpr size_t kScalars = 5;
-  static void Apply(const float* s, const Leaf<1>& L, int64_t b, int64_t e) {
-    RmsLoop(e - b, s, L.in[0] + b, L.in[1] + b, L.in[2] + b, L.out[0] + b, L.out[1] + b);
+  static constexpr ffi::DataType kDtype = ffi::DataType::F32;
+  using T = float;
+  static void Apply(const float* s, const Leaf<1, T>& L, int64_t b, int64_t e) {
+    RmsLoop(e - b, s, L.p + b, L.g + b, L.slot[0] + b, L.p_out + b, L.slot_out[0] + b);
   }
 };
+
+
+template <typename Op, bool kPacked>
+ffi::Error Dispatch(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
+                    ffi::Buffer<ffi::F32> leaf_scalars, ffi::RemainingArgs args,
+                    ffi::RemainingRets rets, ffi::Span<const int64_t> offsets) {
+  using T = typename Op::T;
+  const float* s = scalars.typed_data();
+  return Run<Op::kSlots, Op::kDtype, T, kPacked>(
+      pool, scalars, Op::kScalars, leaf_scalars, args, rets, offsets,
+      [s](const Leaf<Op::kSlots, T>& L, int64_t b, int64_t e) { Op::Apply(s, L, b, e); });
+}
 
 template <typename Op>
 ffi::Error Handler(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
                    ffi::Buffer<ffi::F32> leaf_scalars, ffi::RemainingArgs args,
                    ffi::RemainingRets rets) {
-  const float* s = scalars.typed_data();
-  return Run<Op::kSlots>(pool, scalars, Op::kScalars, leaf_scalars, args, rets,
-                         [s](const Leaf<Op::kSlots>& L, int64_t b, int64_t e) {
-                           Op::Apply(s, L, b, e);
-                         });
+  return Dispatch<Op, false>(pool, scalars, leaf_scalars, args, rets, {});
+}
+
+template <typename Op>
+ffi::Error PackedHandler(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
+                         ffi::Buffer<ffi::F32> leaf_scalars, ffi::RemainingArgs args,
+                         ffi::RemainingRets rets, ffi::Span<const int64_t> offsets) {
+  return Dispatch<Op, true>(pool, scalars, leaf_scalars, args, rets, offsets);
 }
 
 
@@ -490,64 +566,16 @@ void AdamBf16Loop(int64_t n, const float* s, float wd, const float* p, const flo
   }
 }
 
-ffi::Error AdamBf16Handler(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
-                           ffi::Buffer<ffi::F32> leaf_scalars, ffi::RemainingArgs args,
-                           ffi::RemainingRets rets) {
-  const std::string who = "accel_jax_adam_bf16";
-  if (scalars.element_count() != 9) {
-    return ffi::Error::InvalidArgument(who + ": wrong number of scalars");
+struct AdamBf16 {
+  static constexpr int kSlots = 2;
+  static constexpr size_t kScalars = 9;
+  static constexpr ffi::DataType kDtype = ffi::DataType::BF16;
+  using T = uint16_t;
+  static void Apply(const float* s, const Leaf<2, T>& L, int64_t b, int64_t e) {
+    AdamBf16Loop(e - b, s, L.leaf_scalar, L.p + b, L.g + b, L.slot[0] + b, L.slot[1] + b,
+                 L.p_out + b, L.slot_out[0] + b, L.slot_out[1] + b);
   }
-  const int64_t L = static_cast<int64_t>(leaf_scalars.element_count());
-  if (static_cast<int64_t>(args.size()) != 4 * L || static_cast<int64_t>(rets.size()) != 3 * L) {
-    return ffi::Error::InvalidArgument(who + ": operand count does not match the leaves");
-  }
-  struct Ptrs {
-    const float *p, *g;
-    const uint16_t *m, *v;
-    float* p_out;
-    uint16_t *m_out, *v_out;
-    float wd;
-  };
-  std::vector<Ptrs> leaves(L);
-  std::vector<int64_t> sizes(L);
-  int64_t total = 0;
-  for (int64_t i = 0; i < L; ++i) {
-    auto p = args.get<ffi::Buffer<ffi::F32>>(i);
-    auto g = args.get<ffi::Buffer<ffi::F32>>(L + i);
-    auto m = args.get<ffi::Buffer<ffi::BF16>>(2 * L + i);
-    auto v = args.get<ffi::Buffer<ffi::BF16>>(3 * L + i);
-    auto po = rets.get<ffi::Buffer<ffi::F32>>(i);
-    auto mo = rets.get<ffi::Buffer<ffi::BF16>>(L + i);
-    auto vo = rets.get<ffi::Buffer<ffi::BF16>>(2 * L + i);
-    if (!p || !g || !m || !v || !po || !mo || !vo) {
-      return ffi::Error::InvalidArgument(who + ": operand dtypes do not match the kernel");
-    }
-    const size_t n = p->element_count();
-    if (g->element_count() != n || m->element_count() != n || v->element_count() != n ||
-        (*po)->element_count() != n || (*mo)->element_count() != n ||
-        (*vo)->element_count() != n) {
-      return ffi::Error::InvalidArgument(who + ": leaf sizes differ");
-    }
-    leaves[i] = {p->typed_data(),
-                 g->typed_data(),
-                 reinterpret_cast<const uint16_t*>(m->untyped_data()),
-                 reinterpret_cast<const uint16_t*>(v->untyped_data()),
-                 (*po)->typed_data(),
-                 reinterpret_cast<uint16_t*>((*mo)->untyped_data()),
-                 reinterpret_cast<uint16_t*>((*vo)->untyped_data()),
-                 leaf_scalars.typed_data()[i]};
-    sizes[i] = static_cast<int64_t>(n);
-    total += sizes[i];
-  }
-  const float* s = scalars.typed_data();
-  ParallelFor(pool, MakeUnits(sizes, 1 << 16), total, [s, &leaves](const Unit& u) {
-    const Ptrs& P = leaves[u.leaf];
-    const int64_t b = u.begin;
-    AdamBf16Loop(u.end - b, s, P.wd, P.p + b, P.g + b, P.m + b, P.v + b, P.p_out + b,
-                 P.m_out + b, P.v_out + b);
-  });
-  return ffi::Error::Success();
-}
+};
 
 }  // namespace
 
@@ -559,8 +587,18 @@ ffi::Error AdamBf16Handler(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
       .RemainingArgs()                                   \
       .RemainingRets()
 
+#define ACCEL_JAX_BIND_PACKED ACCEL_JAX_BIND.Attr<ffi::Span<const int64_t>>("offsets")
+
 XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_adam_f32, Handler<Adam>, ACCEL_JAX_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_momentum_f32, Handler<Momentum>, ACCEL_JAX_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_rms_f32, Handler<Rms>, ACCEL_JAX_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_adam_bf16, Handler<AdamBf16>, ACCEL_JAX_BIND);
 XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_adam8_f32, Adam8Handler, ACCEL_JAX_BIND);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_adam_bf16, AdamBf16Handler, ACCEL_JAX_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_adam_f32_packed, PackedHandler<Adam>,
+                              ACCEL_JAX_BIND_PACKED);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_momentum_f32_packed, PackedHandler<Momentum>,
+                              ACCEL_JAX_BIND_PACKED);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_rms_f32_packed, PackedHandler<Rms>,
+                              ACCEL_JAX_BIND_PACKED);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(accel_jax_adam_bf16_packed, PackedHandler<AdamBf16>,
+                              ACCEL_JAX_BIND_PACKED);
