@@ -54,8 +54,9 @@ OPTIMIZERS = ("adam", "adamw", "sgd_nesterov", "rmsprop")
 # params, grads and each state array.
 IDEAL_BYTES = {"adam": 28, "adamw": 28, "sgd_nesterov": 20, "rmsprop": 20}
 # Timed together, round after round (8-bit: Adam and AdamW only).
-IMPLS = ("optax", "accel_jax xla", "accel_jax", "accel_jax flat", "flax TrainState",
-         "aj.flax.TrainState", "nnx.Optimizer", "aj.flax.Optimizer", "accel_jax 8-bit")
+IMPLS = ("optax", "accel_jax xla", "accel_jax", "accel_jax flat", "accel_jax packed",
+         "accel_jax packed xla", "flax TrainState", "aj.flax.TrainState", "nnx.Optimizer",
+         "aj.flax.Optimizer", "accel_jax 8-bit")
 
 
 # ----------------------------------------------------------------------------- trees
@@ -192,8 +193,10 @@ class JaxCase:
     ``nnx.Optimizer`` and ``TrainState`` run); ``accel_jax``: ``aj.make_step`` (the
     native CPU kernel where the optimizer has one); ``accel_jax xla``: the same on
     the XLA path (= accel_jax's tx in the plain loop); ``accel_jax flat``: flat
-    params; ``flax TrainState``: Flax's with optax's tx; ``aj.flax.TrainState``: the
-    drop-in (kernel); ``accel_jax 8-bit`` / ``8-bit xla``: 8-bit state, kernel / XLA.
+    params; ``accel_jax packed`` / ``packed xla``: :func:`accel_jax.pack_state` (params
+    tree, state one buffer per dtype), kernel / XLA; ``flax TrainState``: Flax's with
+    optax's tx; ``aj.flax.TrainState``: the drop-in (kernel); ``accel_jax 8-bit`` /
+    ``8-bit xla``: 8-bit state, kernel / XLA.
     """
 
     def __init__(self, impl, opt, shapes, grads):
@@ -201,6 +204,8 @@ class JaxCase:
         lib = "optax" if impl in ("optax", "flax TrainState", "nnx.Optimizer") else "accel_jax"
         self.nnx = False
         self.tx = eight_bit(opt) if "8-bit" in impl else jax_optimizer(lib, opt)
+        if "packed" in impl:
+            self.tx = aj.pack_state(self.tx)
         if impl in ("nnx.Optimizer", "aj.flax.Optimizer"):
             self.params, self.step = nnx_optimizer_step(impl, self.tx, params)
             self.state, self.grads, self.times = None, nnx_grads(grads), []
@@ -216,8 +221,7 @@ class JaxCase:
         if impl == "optax":
             self.step = jax_step(self.tx)
         else:
-            xla = impl in ("accel_jax xla", "accel_jax 8-bit xla")
-            self.step = aj.make_step(self.tx, kernel=False if xla else None)
+            self.step = aj.make_step(self.tx, kernel=False if impl.endswith(" xla") else None)
         if impl == "accel_jax flat":
             params, layout = aj.flatten_params(params)
             grads = layout.flatten(grads)  # a flat-params model's gradients come out flat
@@ -287,6 +291,16 @@ class DispatchFloor(JaxCase):
         self.times, self.nnx = [], False
 
 
+class PackedDispatchFloor(DispatchFloor):
+    """The dispatch floor of a packed-state step: the params and gradients as trees, the
+    two moments as one buffer each (``accel_jax packed``'s buffers in and out)."""
+
+    def __init__(self, shapes, grads):
+        super().__init__(shapes, grads)
+        n = sum(int(np.prod(s)) for s in shapes)
+        self.state = (jnp.zeros((n,), jnp.float32), jnp.ones((n,), jnp.float32))
+
+
 class TorchCase:
     """torch.optim's fused step, timed in the same rounds as the JAX steps."""
 
@@ -308,6 +322,10 @@ class TorchCase:
             self.o.step()
         if timed:
             self.times.append(time.perf_counter() - t0)
+        # torch's OpenMP threads spin for a while after a step and would slow whatever is
+        # timed next on 2 cores (benchmarks/kernel_bandwidth.py measured it); forcing them
+        # to sleep instead (OMP_WAIT_POLICY=PASSIVE) slows torch's own many-leaf steps.
+        time.sleep(0.05)
 
 
 def interleaved(cases, repeats, warmup=2):
@@ -349,69 +367,6 @@ def bench_torch(mode, opt, shapes, repeats):
         if torch.is_tensor(v)
     )
     return {**summarize(times), "state_bytes": int(nbytes)}
-
-
-def compile_time(impl, leaves, size, train_step=False):
-    """Seconds to trace, lower and compile the jitted Adam step; for a whole train step,
-    ``(seconds, median run time of the compiled step)``.
-
-    ``train_step=True`` compiles loss, gradient and optimizer step together, with
-    a small loss that touches every leaf: for flat params the model reads the
-    leaves back with ``layout.unflatten``, whose slices XLA compiles too.
-    """
-    shapes = [(size,)] * leaves
-    params = make_tree(shapes, 0)
-    grads = params
-    lib = "optax" if impl == "optax" else "accel_jax"
-    tx = jax_optimizer(lib, "adam")
-    layout = None
-    if impl == "accel_jax flat":
-        params, layout = aj.flatten_params(params)
-        grads = params
-    state = tx.init(params)
-    if train_step:
-        def loss(p):
-            tree = layout.unflatten(p) if layout is not None else p
-            return sum(jnp.sum(jnp.tanh(x) * 0.5) for x in jax.tree.leaves(tree))
-
-        def step(params, state, x):
-            del x
-            g = jax.grad(loss)(params)
-            updates, state = tx.update(g, state, params)
-            return optax.apply_updates(params, updates), state
-
-        fn = jax.jit(step, donate_argnums=(0, 1))
-    else:
-        fn = jax_step(tx) if lib == "optax" else aj.make_step(
-            tx, kernel=False if impl == "accel_jax xla" else None)
-    t0 = time.perf_counter()
-    compiled = fn.lower(params, state, grads).compile()
-    seconds = time.perf_counter() - t0
-    if not train_step:
-        return seconds
-    # The train step's run time too: the backward pass through ``unflatten`` is where
-    # a flat layout can cost (it once summed one padded buffer per leaf).
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        params, state = compiled(params, state, grads)
-        jax.block_until_ready(params)
-        times.append(time.perf_counter() - t0)
-    return seconds, summarize(times[1:])["median_s"]
-
-
-# ----------------------------------------------------------------------------- main
-
-
-def flat_times(leaves: int) -> dict:
-    """Seconds of eager ``flatten_params`` and of the first eager ``layout.unflatten``."""
-    params = {f"p{i:05d}": jnp.full((32, 32), i, jnp.float32) for i in range(leaves)}
-    t0 = time.perf_counter()
-    flat, layout = aj.flatten_params(params)
-    jax.block_until_ready(flat)
-    t1 = time.perf_counter()
-    jax.block_until_ready(layout.unflatten(flat))
-    return {"leaves": leaves, "flatten_s": t1 - t0, "unflatten_s": time.perf_counter() - t1}
 
 
 def machine() -> dict:
@@ -456,6 +411,12 @@ def main(argv=None) -> dict:
     ap.add_argument("--flat-leaves", default=None,
                     help="time eager flatten_params and the first unflatten at these leaf "
                          "counts (leaves of 1,024 values), e.g. 1000,10000; default none")
+    ap.add_argument("--compile-rss", action="store_true",
+                    help="also compile optax's, accel_jax's and the packed step each in a fresh "
+                         "process and report its peak memory (RSS)")
+    ap.add_argument("--train-share", type=int, default=None, metavar="LEAVES",
+                    help="time whole train steps (loss + grad + Adam) over LEAVES leaves of "
+                         "1,024 values, and each optimizer's share of them")
     ap.add_argument("--quick-extras", action="store_true",
                     help="skip the slow 8-bit XLA-path step (timed alone)")
     args = ap.parse_args(argv)
@@ -476,6 +437,8 @@ def main(argv=None) -> dict:
             have_torch = True
         except ImportError:
             pass
+
+    from benchmarks.compile_time import compile_in_child, compile_time, flat_times, train_share
 
     results: dict = {"machine": machine(), "command": " ".join(["python"] + sys.argv),
                      "repeats": repeats, "steps": [], "compile": [], "quality": {}}
@@ -508,8 +471,12 @@ def main(argv=None) -> dict:
                 names.append("torch fused")
                 cases.append(TorchCase(opt, shapes))
             tri = Triad(n_a)
-            floor = DispatchFloor(shapes, grads) if opt == "adam" else None
-            interleaved([*cases, tri, *([floor] if floor else [])], repeats)
+            floors = {}
+            if opt == "adam":
+                floors["dispatch floor"] = DispatchFloor(shapes, grads)
+                if any("packed" in i for i in names):
+                    floors["dispatch floor, packed"] = PackedDispatchFloor(shapes, grads)
+            interleaved([*cases, tri, *floors.values()], repeats)
             t = tri.result()
             triads.append({"tree": tree, "optimizer": opt, **t})
             rows = []
@@ -555,13 +522,14 @@ def main(argv=None) -> dict:
                       f"{state_mb:>9.1f}{temp}", flush=True)
             print(f"{'':<13} {'(triad, same rounds)':<18} {t['median_s'] * 1e3:>10.2f} "
                   f"{t['iqr_rel']:>5.0%} {t['gb_s']:>6.1f}", flush=True)
-            if floor is not None:
+            for label, floor in floors.items():
                 fl = summarize(floor.times)
-                results.setdefault("dispatch_floor", []).append({"tree": tree, **fl})
-                print(f"{'':<13} {'(dispatch floor)':<18} {fl['median_s'] * 1e3:>10.2f} "
+                key = "dispatch_floor" if label == "dispatch floor" else "dispatch_floor_packed"
+                results.setdefault(key, []).append({"tree": tree, **fl})
+                print(f"{'':<13} {'(' + label + ')':<18} {fl['median_s'] * 1e3:>10.2f} "
                       f"{fl['iqr_rel']:>5.0%}   (no arithmetic: jit's cost of these buffers)",
                       flush=True)
-                del floor
+            del floors
     results["triad"] = triads
 
     for leaves in [int(x) for x in (args.flat_leaves or "").split(",") if x]:
@@ -576,10 +544,11 @@ def main(argv=None) -> dict:
         print(f"\n== compile time (s) of the jitted Adam step, leaves of {size} values; and of "
               "a whole train step (loss + grad + step) where leaves <= 1000")
         print(f"{'leaves':>7} {'optax':>8} {'accel_jax':>10} {'ratio':>6} {'flat':>7} "
-              f"{'ratio':>6} {'train: optax':>13} {'train: flat':>12} {'xla path':>9}")
+              f"{'ratio':>6} {'train: optax':>13} {'train: flat':>12} {'xla path':>9} "
+              f"{'packed':>7} {'ratio':>6}")
         for leaves in compile_leaves:
             row = {"leaves": leaves}
-            for impl in ["optax", "accel_jax", "accel_jax flat"]:
+            for impl in ["optax", "accel_jax", "accel_jax flat", "accel_jax packed"]:
                 gc.collect()
                 row[impl] = compile_time(impl, leaves, size)
             if leaves <= 1000:  # at 10,000 leaves it compiles as slowly as optax (RESULTS.md)
@@ -597,7 +566,28 @@ def main(argv=None) -> dict:
             print(f"{leaves:>7} {row['optax']:>8.2f} {row['accel_jax']:>10.2f} "
                   f"{row['accel_jax'] / row['optax']:>6.2f} {row['accel_jax flat']:>7.2f} "
                   f"{row['accel_jax flat'] / row['optax']:>6.2f} {train} "
-                  f"{row.get('accel_jax xla', float('nan')):>9.2f}", flush=True)
+                  f"{row.get('accel_jax xla', float('nan')):>9.2f} "
+                  f"{row['accel_jax packed']:>7.2f} "
+                  f"{row['accel_jax packed'] / row['optax']:>6.2f}", flush=True)
+            if args.compile_rss:
+                for impl in ["optax", "accel_jax", "accel_jax packed"]:
+                    child = compile_in_child(impl, leaves, size)
+                    row[f"{impl} child"] = child
+                    print(f"{'':>7} {impl}: {child['seconds']:.2f} s in a fresh process, "
+                          f"peak RSS +{child['rss_mb']:.0f} MB", flush=True)
+
+    if args.train_share:
+        shapes = [(1024,)] * args.train_share
+        extra = {"torch fused (step alone)": TorchCase("adam", shapes)} if have_torch else {}
+        share = train_share(args.train_share, 1024, repeats, extra)
+        results["train_share"] = {"leaves": args.train_share, **share}
+        print(f"\n== whole train step (loss + grad + Adam), {args.train_share} leaves of 1,024 "
+              "values: median ms; the optimizer's share = minus the step without optimizer")
+        for name, r in share.items():
+            extra_s = (f"  share {r['share_s'] * 1e3:6.2f} ms" if "share_s" in r else "")
+            compiled = f"  (compile {r['compile_s']:.1f} s)" if "compile_s" in r else ""
+            print(f"{name:<26} {r['median_s'] * 1e3:8.2f} ms  IQR {r['iqr_rel']:>4.0%}"
+                  f"{extra_s}{compiled}", flush=True)
 
     if not args.no_quality:
         from benchmarks.quality import state_formats, train_digits

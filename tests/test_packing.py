@@ -243,3 +243,31 @@ def test_the_packed_kernel_is_differentiable(native_kernels):
         for scale in (jnp.float32(0.5), jnp.float32(2.0)):
             np.testing.assert_allclose(jax.grad(loss)(scale, True), jax.grad(loss)(scale, False),
                                        rtol=1e-5)
+
+
+def test_flax_optimizers_take_a_packed_state():
+    """nnx.Optimizer and aj.flax.Optimizer with pack_state: the tree optimizer's values."""
+    nnx = pytest.importorskip("flax.nnx")
+
+    class Model(nnx.Module):
+        def __init__(self, rngs):
+            self.a, self.b = nnx.Linear(3, 4, rngs=rngs), nnx.Linear(4, 2, rngs=rngs)
+
+        def __call__(self, x):
+            return self.b(jax.nn.relu(self.a(x)))
+
+    @nnx.jit
+    def step(model, optimizer, x):
+        optimizer.update(model, nnx.grad(lambda m: jnp.sum(m(x) ** 2))(model))
+
+    results = []
+    for cls, tx in ((nnx.Optimizer, aj.adamw(1e-2)),
+                    (nnx.Optimizer, aj.pack_state(aj.adamw(1e-2))),
+                    (aj.flax.Optimizer, aj.pack_state(aj.adamw(1e-2)))):
+        model = Model(nnx.Rngs(0))
+        optimizer = cls(model, tx, wrt=nnx.Param)
+        for _ in range(3):
+            step(model, optimizer, jnp.ones((5, 3)))
+        results.append(nnx.state(model, nnx.Param))
+    _close(results[1], results[0])
+    _close(results[2], results[0])
