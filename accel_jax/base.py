@@ -9,6 +9,7 @@ is an optax transformation and the other way round::
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,45 @@ OptState = optax.OptState
 EmptyState = optax.EmptyState
 
 ScalarOrSchedule = float | jax.Array | Callable[[jax.Array], jax.Array]
+
+# tx.update -> why tx needs the params as their tree (see needs_params_tree).
+_PARAMS_TREE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def needs_params_tree(tx: GradientTransformation, reason: str) -> GradientTransformation:
+    """Marks ``tx`` as needing the params as their tree, not one flat buffer; returns ``tx``.
+
+    For transformations that are not elementwise (per-leaf norms, shapes, masks or
+    labels): :func:`accel_jax.pack_state` refuses them, naming ``reason`` (say
+    ``"adaptive_grad_clip: clips each unit by its own norm"``).
+    """
+    _PARAMS_TREE[tx.update] = reason
+    return tx
+
+
+def params_tree_reason(tx: GradientTransformation) -> str | None:
+    """Why ``tx`` (or a transformation it contains) needs the params' tree; ``None`` if not."""
+    try:
+        return _PARAMS_TREE.get(tx.update)
+    except TypeError:  # an update function that cannot be weakly referenced: never marked
+        return None
+
+
+def forward_params_tree(
+    wrapper: GradientTransformation, *inners: GradientTransformation
+) -> GradientTransformation:
+    """Marks ``wrapper`` when one of the ``inners`` it runs needs the params' tree
+    (:func:`needs_params_tree`, with that inner's reason); returns ``wrapper``.
+
+    For every transformation built from others: ``chain``, and each wrapper of an inner
+    transformation (:func:`accel_jax.fused.forward_kernel_steps` calls it for those that
+    forward a native kernel).
+    """
+    for inner in inners:
+        reason = params_tree_reason(inner)
+        if reason is not None:
+            return needs_params_tree(wrapper, reason)
+    return wrapper
 
 
 def stateless(fn: Callable[[Updates, Params | None], Updates]) -> GradientTransformation:

@@ -13,7 +13,9 @@ from accel_jax.base import (
     GradientTransformation,
     GradientTransformationExtraArgs,
     apply_updates,
+    forward_params_tree,
     leafwise,
+    needs_params_tree,
     stateless,
 )
 
@@ -62,7 +64,7 @@ def chain(*transforms: GradientTransformation) -> GradientTransformationExtraArg
             new_states.append(s)
         return updates, tuple(new_states)
 
-    return GradientTransformationExtraArgs(init_fn, update_fn)
+    return forward_params_tree(GradientTransformationExtraArgs(init_fn, update_fn), *transforms)
 
 
 class MaskedNode(NamedTuple):
@@ -186,7 +188,12 @@ def masked(
         )
         return merged, MaskedState(inner_state)
 
-    return GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = GradientTransformationExtraArgs(init_fn, update_fn)
+    if isinstance(mask, bool):  # every leaf or none: as elementwise as inner
+        return forward_params_tree(tx, inner) if mask else tx
+    return forward_params_tree(
+        needs_params_tree(tx, "masked: a mask per leaf of the params (mask=...)"), inner
+    )
 
 
 class PartitionState(NamedTuple):
@@ -303,6 +310,7 @@ def partition(
     from accel_jax.fused import forward_kernel_steps  # here: fused imports this module
 
     tx = GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = needs_params_tree(tx, "partition: a label per leaf of the params (param_labels)")
     return forward_kernel_steps(tx, transforms, wrap_kernel_steps)
 
 
@@ -390,4 +398,5 @@ def named_chain(*transforms: tuple[str, GradientTransformation]) -> GradientTran
             updates, new_state[name] = _call_update(tx, updates, state[name], params, extra_args)
         return updates, new_state
 
-    return GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = GradientTransformationExtraArgs(init_fn, update_fn)
+    return forward_params_tree(tx, *(t for _, t in transforms))

@@ -31,7 +31,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from accel_jax import _flat, _native
-from accel_jax.base import GradientTransformation, apply_updates, as_array_leaf, is_trainable
+from accel_jax.base import (
+    GradientTransformation,
+    apply_updates,
+    as_array_leaf,
+    forward_params_tree,
+    is_trainable,
+)
 from accel_jax.combine import _call_update
 
 # tx.update -> the function that runs tx's whole step (update + apply) with a native kernel.
@@ -146,7 +152,8 @@ def forward_kernel_step(
     ``step(params, state, grads, extra_args, required) -> (params, state)``, that
     runs ``inner_step`` on ``state``'s inner part where the wrapper's ``update``
     would run ``inner.update``. Without it a wrapper silently falls back to the
-    XLA path.
+    XLA path. It also marks ``wrapper`` as needing the params' tree when ``inner``
+    does (:func:`accel_jax.base.forward_params_tree`), so ``pack_state`` refuses it.
     """
     return forward_kernel_steps(wrapper, {None: inner}, lambda steps: wrap(steps[None]))
 
@@ -164,6 +171,7 @@ def forward_kernel_steps(
     wrapper's step (same signature), running each inner step on its part and the
     XLA path (``update`` and ``apply_updates``) for the parts whose step is ``None``.
     """
+    forward_params_tree(wrapper, *inners.values())
     steps = {key: _KERNEL_STEPS.get(inner.update) for key, inner in inners.items()}
     if any(step is not None for step in steps.values()):
         _KERNEL_STEPS[wrapper.update] = wrap(steps)

@@ -14,7 +14,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from accel_jax.base import GradientTransformation, GradientTransformationExtraArgs
+from accel_jax.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    forward_params_tree,
+)
 from accel_jax.combine import _call_update
 from accel_jax.hyperparams import increment
 
@@ -172,4 +176,5 @@ class MultiSteps:
         return jnp.logical_and(state.mini_step == 0, state.gradient_step > 0)
 
     def gradient_transformation(self) -> GradientTransformationExtraArgs:
-        return GradientTransformationExtraArgs(self.init, self.update)
+        tx = GradientTransformationExtraArgs(self.init, self.update)
+        return forward_params_tree(tx, self._opt)

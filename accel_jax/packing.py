@@ -18,7 +18,12 @@ import jax.numpy as jnp
 
 from accel_jax import _native
 from accel_jax._validation import check_number
-from accel_jax.base import GradientTransformation, GradientTransformationExtraArgs, apply_updates
+from accel_jax.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    apply_updates,
+    as_array_leaf,
+)
 from accel_jax.combine import _call_update
 from accel_jax.fused import FlatLayout, KernelSpec, forward_kernel_step, kernel_spec
 
@@ -43,9 +48,10 @@ def pack_state(
     without a mask): the values per parameter are then the same as on the tree (tested
     for each optimizer). Transformations that need the tree (per-leaf masks, ``partition``
     labels, per-leaf norms as in ``adaptive_grad_clip``, ``lamb``, ``muon``, ``adafactor``)
-    would act on the whole buffer: keep them outside, e.g. ``aj.chain(aj.clip_by_global_norm
-    (1.0), aj.pack_state(aj.adam(1e-3)))``, and wrap it, not the reverse
-    (``aj.skip_non_finite(aj.pack_state(tx))``).
+    would act on the whole buffer, so ``pack_state`` refuses them, also inside a ``chain``
+    or a wrapper (``ValueError`` naming the culprit): keep them outside, e.g.
+    ``aj.chain(aj.adaptive_grad_clip(0.01), aj.pack_state(aj.adam(1e-3)))``, and wrap it,
+    not the reverse (``aj.skip_non_finite(aj.pack_state(tx))``).
 
     Under :func:`accel_jax.make_step` / :func:`accel_jax.apply_step` the native CPU
     kernels (Adam, AdamW, bfloat16 moments, SGD with momentum, RMSProp) read and write
@@ -71,8 +77,17 @@ def pack_state(
     (2, 3)
     """
     from accel_jax._validation import check_transformation
+    from accel_jax.base import params_tree_reason
 
     check_transformation("inner", inner)
+    reason = params_tree_reason(inner)
+    if reason is not None:
+        raise ValueError(
+            f"pack_state: inner needs the params as a tree ({reason}) but would see one flat "
+            "buffer per dtype. pack_state works for elementwise optimizers (adam, adamw, sgd, "
+            "rmsprop, lion, ...); keep a transformation that needs the tree outside it, e.g. "
+            "aj.chain(aj.adaptive_grad_clip(0.01), aj.pack_state(aj.adamw(1e-3)))."
+        )
     check_number("pad_to", pad_to, lo=1, integer=True)
 
     def init_fn(params):
@@ -135,8 +150,8 @@ def _packed_step(inner: GradientTransformation, spec: KernelSpec, pad_to: int):
         layout = FlatLayout.of(params, pad_to)
         flat_p, flat_g = layout.flatten(params), layout.flatten(grads)
         flat_u, new_state = _inner_update(inner, layout, flat_g, state, flat_p, extra_args)
-        p_leaves = layout.treedef.flatten_up_to(params)
-        g_leaves = layout.treedef.flatten_up_to(grads)
+        p_leaves = [as_array_leaf(x) for x in layout.treedef.flatten_up_to(params)]
+        g_leaves = [as_array_leaf(x) for x in layout.treedef.flatten_up_to(grads)]
         out_p = layout.treedef.flatten_up_to(apply_updates(params, layout.unflatten(flat_u)))
         old_slots, new_slots = spec.slots(state), [dict(t) for t in spec.slots(new_state)]
         values = _group_values(spec, flat_p, new_state)

@@ -53,7 +53,11 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec, Sharding
 
 from accel_jax import _validation as v
-from accel_jax.base import GradientTransformation, GradientTransformationExtraArgs
+from accel_jax.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    forward_params_tree,
+)
 
 MODES = ("follow", "zero1")
 
@@ -376,7 +380,7 @@ def with_sharded_init(
             updates = jax.tree.unflatten(treedef, leaves)
         return updates, state
 
-    return GradientTransformationExtraArgs(init_fn, update_fn)
+    return forward_params_tree(GradientTransformationExtraArgs(init_fn, update_fn), tx)
 
 
 def offload_state(tx: GradientTransformation, shardings: Any) -> GradientTransformation:
@@ -393,4 +397,4 @@ def offload_state(tx: GradientTransformation, shardings: Any) -> GradientTransfo
             updates, state = tx.update(updates, state, params)
         return updates, jax.device_put(state, shardings)
 
-    return GradientTransformationExtraArgs(tx.init, update_fn)
+    return forward_params_tree(GradientTransformationExtraArgs(tx.init, update_fn), tx)

@@ -271,3 +271,63 @@ def test_flax_optimizers_take_a_packed_state():
         results.append(nnx.state(model, nnx.Param))
     _close(results[1], results[0])
     _close(results[2], results[0])
+
+
+# Transformations that need the params' tree -> the name pack_state's error must give.
+NEEDS_TREE = {
+    "lamb": (lambda: aj.lamb(1e-3), "lamb"),
+    "lars": (lambda: aj.lars(1e-3), "lars"),
+    "muon": (lambda: aj.muon(1e-3), "muon"),
+    "adafactor": (lambda: aj.adafactor(1e-3), "adafactor"),
+    "adaptive_grad_clip": (lambda: aj.adaptive_grad_clip(0.01), "adaptive_grad_clip"),
+    "max_norm": (lambda: aj.max_norm(1.0), "max_norm"),
+    "prune_by_magnitude": (lambda: aj.prune_by_magnitude(0.5), "prune_by_magnitude"),
+    "clip_by_block_rms": (lambda: aj.clip_by_block_rms(1.0), "clip_by_block_rms"),
+    "centralize": (aj.centralize, "centralize"),
+    "scale_by_trust_ratio": (aj.scale_by_trust_ratio, "scale_by_trust_ratio"),
+    "scale_by_factored_rms": (aj.scale_by_factored_rms, "scale_by_factored_rms"),
+    "scale_by_param_block_rms": (aj.scale_by_param_block_rms, "scale_by_param_block_rms"),
+    "scale_by_muon": (aj.scale_by_muon, "scale_by_muon"),
+    "scale_by_shape": (aj.scale_by_shape, "scale_by_shape"),
+    "partition": (lambda: aj.partition({"a": aj.adam(1e-3)}, lambda p: jax.tree.map(
+        lambda _: "a", p)), "partition"),
+    "masked_by_tree": (lambda: aj.masked(aj.adam(1e-3), {"w": True}), "masked"),
+    "adamw_with_decay_mask": (lambda: aj.adamw(1e-3, mask=lambda p: p), "mask"),
+    "chain": (lambda: aj.chain(aj.adaptive_grad_clip(0.01), aj.adamw(1e-3)),
+              "adaptive_grad_clip"),
+    "named_chain": (lambda: aj.named_chain(("c", aj.centralize()), ("a", aj.adam(1e-3))),
+                    "centralize"),
+    "skip_non_finite": (lambda: aj.skip_non_finite(aj.lamb(1e-3)), "lamb"),
+    "nested_wrappers": (lambda: aj.accumulate_gradients(aj.skip_non_finite(aj.chain(
+        aj.clip_by_block_rms(1.0), aj.adam(1e-3))), 2), "clip_by_block_rms"),
+    "lookahead": (lambda: aj.lookahead(aj.muon(1e-3), 2, 0.5), "muon"),
+    "apply_if_finite": (lambda: aj.apply_if_finite(aj.lars(1e-3), 2), "lars"),
+    "multi_steps": (lambda: aj.MultiSteps(aj.adafactor(1e-3), 2).gradient_transformation(),
+                    "adafactor"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(NEEDS_TREE))
+def test_an_inner_that_needs_the_tree_is_refused_at_construction(name):
+    factory, culprit = NEEDS_TREE[name]
+    with pytest.raises(ValueError, match=rf"pack_state: inner needs the params as a tree "
+                                         rf"\([^)]*{culprit}.*elementwise.*outside"):
+        aj.pack_state(factory())
+
+
+def test_elementwise_inners_and_their_wrappers_are_accepted():
+    accepted = {
+        **ELEMENTWISE,
+        "clip_by_global_norm_then_adamw": lambda: aj.chain(
+            aj.clip_by_global_norm(1.0), aj.adamw(1e-2)),
+        "masked_everywhere": lambda: aj.masked(aj.adam(1e-2), True),
+        "skip_non_finite": lambda: aj.skip_non_finite(aj.adam(1e-2)),
+        "lookahead": lambda: aj.lookahead(aj.sgd(1e-2, momentum=0.9), 2, 0.5),
+        "adafactor_unfactored": lambda: aj.adafactor(
+            1e-2, factored=False, clipping_threshold=None, multiply_by_parameter_scale=False),
+    }
+    for name, factory in accepted.items():
+        tx = aj.pack_state(factory())  # no ValueError
+        assert isinstance(tx, aj.GradientTransformation), name
+    # the mark stays on the transformation that needs the tree: a wrapper outside is fine
+    aj.chain(aj.adaptive_grad_clip(0.01), aj.pack_state(aj.adamw(1e-2)))

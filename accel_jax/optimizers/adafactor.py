@@ -15,6 +15,8 @@ from accel_jax.base import (
     ScalarOrSchedule,
     compute_dtype,
     leafwise,
+    needs_params_tree,
+    params_tree_reason,
     require_params,
 )
 from accel_jax.combine import chain, mask_flags
@@ -81,7 +83,9 @@ def _param_scale_after_decay(min_scale, learning_rate, weight_decay, mask):
         ]
         return jax.tree.unflatten(treedef, out), _ParamScaleState(increment(state.count), hp)
 
-    return GradientTransformation(init_fn, update_fn)
+    return needs_params_tree(
+        GradientTransformation(init_fn, update_fn), "adafactor: scales each leaf by its RMS"
+    )
 
 
 def adafactor(
@@ -192,7 +196,9 @@ def adafactor(
     tx.append(scale(-1.0))
     if decays and s["lr_in_weight_decay"]:
         tx.append(add_decayed_weights(weight_decay_rate, weight_decay_mask, learning_rate=lr))
-    return chain(*tx)
+    tx = chain(*tx)
+    reason = params_tree_reason(tx)  # none when nothing factors, clips or scales per leaf
+    return tx if reason is None else needs_params_tree(tx, f"adafactor ({reason})")
 
 
 adafactor.__doc__ = adafactor.__doc__.replace("{table}", _TABLE)

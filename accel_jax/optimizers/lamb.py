@@ -15,6 +15,7 @@ from accel_jax.base import (
     ScalarOrSchedule,
     compute_dtype,
     leafwise,
+    needs_params_tree,
     require_params,
 )
 from accel_jax.combine import chain, masked
@@ -27,6 +28,7 @@ from accel_jax.transforms.scaling import scale_by_learning_rate
 from accel_jax.transforms.trust_ratio import _is_everything, leaf_norm, scale_by_trust_ratio
 
 Mask = Any | Callable[[Any], Any] | None
+_LAMB_NEEDS_TREE = "lamb: one trust ratio ||w|| / ||u|| per leaf (scale_by_trust_ratio)"
 
 
 class _DecayedNormState(NamedTuple):
@@ -113,20 +115,22 @@ def lamb(
     adam = scale_by_adam(b1, b2, s["eps"], eps_root, mu_dtype=mu_dtype, nu_dtype=nu_dtype)
     wd = s["weight_decay"]
     if s["weight_decay_in_trust_ratio"]:
-        return chain(
+        tx = chain(
             adam,
             add_decayed_weights(wd, mask),
             scale_by_trust_ratio(),
             scale_by_learning_rate(learning_rate),
         )
+        return needs_params_tree(tx, _LAMB_NEEDS_TREE)
     shrink = _trust_in_decayed_weights(learning_rate, wd)
-    return chain(
+    tx = chain(
         adam,
         scale_by_trust_ratio(),
         shrink if _is_everything(mask) else masked(shrink, mask),
         scale_by_learning_rate(learning_rate),
         add_decayed_weights(wd, mask, learning_rate=learning_rate),
     )
+    return needs_params_tree(tx, _LAMB_NEEDS_TREE)
 
 
 def lars(
@@ -179,9 +183,10 @@ def lars(
     v.check_rate("learning_rate", learning_rate)
     decay = add_decayed_weights(weight_decay)
     ratio = scale_by_trust_ratio(trust_coefficient=trust_coefficient, eps=eps)
-    return chain(
+    tx = chain(
         decay if _is_everything(weight_decay_mask) else masked(decay, weight_decay_mask),
         ratio if _is_everything(trust_ratio_mask) else masked(ratio, trust_ratio_mask),
         scale_by_learning_rate(learning_rate),
         trace(momentum, nesterov=nesterov, mu_dtype=mu_dtype),
     )
+    return needs_params_tree(tx, "lars: one trust ratio ||w|| / ||u|| per leaf")

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from accel_jax import _validation as v
-from accel_jax.base import GradientTransformationExtraArgs, ScalarOrSchedule
+from accel_jax.base import GradientTransformationExtraArgs, ScalarOrSchedule, needs_params_tree
 from accel_jax.combine import chain, partition, path_labels
 from accel_jax.optimizers._conventions import DEFAULTS, settings
 from accel_jax.transforms.adam import scale_by_adam, scale_by_nadam
@@ -250,7 +250,10 @@ def muon(
             adam_scaling, add_decayed_weights(s["adam_weight_decay"]),
             scale_by_learning_rate(adam_lr),
         )
-    return partition({"muon": muon_tx, "adam": adam_tx}, labels)
+    return needs_params_tree(
+        partition({"muon": muon_tx, "adam": adam_tx}, labels),
+        "muon: orthogonalizes each matrix leaf and runs AdamW on the others",
+    )
 
 
 muon.__doc__ = muon.__doc__.replace("{table}", _MUON_TABLE)

@@ -21,6 +21,7 @@ from accel_jax.base import (
     compute_dtype,
     is_trainable,
     leafwise,
+    needs_params_tree,
     require_params,
     stateless,
 )
@@ -189,4 +190,6 @@ def adaptive_grad_clip(
 
         return jax.tree.map(leafwise(agc), updates, params)
 
-    return stateless(update_fn)
+    return needs_params_tree(
+        stateless(update_fn), "adaptive_grad_clip: clips each unit of a leaf by its own norm"
+    )

@@ -14,7 +14,11 @@ import jax
 import jax.numpy as jnp
 
 from accel_jax import _validation as v
-from accel_jax.base import GradientTransformation, GradientTransformationExtraArgs
+from accel_jax.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    forward_params_tree,
+)
 from accel_jax.combine import _call_update
 from accel_jax.hyperparams import increment
 
@@ -73,7 +77,7 @@ def conditionally_transform(
         )
         return updates, ConditionallyTransformState(inner_state, increment(state.step))
 
-    return GradientTransformationExtraArgs(init_fn, update_fn)
+    return forward_params_tree(GradientTransformationExtraArgs(init_fn, update_fn), inner)
 
 
 class ConditionallyMaskState(NamedTuple):
@@ -113,7 +117,7 @@ def conditionally_mask(
         )
         return updates, ConditionallyMaskState(increment(state.step), inner_state)
 
-    return GradientTransformationExtraArgs(init_fn, update_fn)
+    return forward_params_tree(GradientTransformationExtraArgs(init_fn, update_fn), inner)
 
 
 class ApplyIfFiniteState(NamedTuple):
@@ -162,7 +166,7 @@ def apply_if_finite(
         total = jnp.where(finite, state.total_notfinite, increment(state.total_notfinite))
         return updates, ApplyIfFiniteState(bad_run, finite, total.astype(jnp.int32), inner_state)
 
-    return GradientTransformationExtraArgs(init_fn, update_fn)
+    return forward_params_tree(GradientTransformationExtraArgs(init_fn, update_fn), inner)
 
 
 class ApplyEvery(NamedTuple):

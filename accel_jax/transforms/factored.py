@@ -31,6 +31,7 @@ from accel_jax.base import (
     compute_dtype,
     is_trainable,
     leafwise,
+    needs_params_tree,
     require_params,
     stateless,
 )
@@ -225,7 +226,10 @@ def scale_by_factored_rms(
         new = [jax.tree.unflatten(treedef, [o[i] for o in out]) for i in range(4)]
         return new[0], FactoredState(increment(state.count), hp, new[1], new[2], new[3])
 
-    return GradientTransformation(init_fn, update_fn)
+    tx = GradientTransformation(init_fn, update_fn)
+    if not factored:
+        return tx
+    return needs_params_tree(tx, "scale_by_factored_rms: factors each matrix leaf's moment")
 
 
 def clip_by_block_rms(threshold: float) -> GradientTransformation:
@@ -248,7 +252,8 @@ def clip_by_block_rms(threshold: float) -> GradientTransformation:
         denom = jnp.maximum(jnp.ones([], dt), block_rms(u).astype(dt) / jnp.asarray(threshold, dt))
         return (u.astype(dt) / denom.astype(dt)).astype(u.dtype)
 
-    return stateless(lambda updates, params: jax.tree.map(leafwise(clip), updates))
+    tx = stateless(lambda updates, params: jax.tree.map(leafwise(clip), updates))
+    return needs_params_tree(tx, "clip_by_block_rms: clips each leaf by its own RMS")
 
 
 def scale_by_param_block_rms(min_scale: float = 1e-3) -> GradientTransformation:
@@ -271,7 +276,9 @@ def scale_by_param_block_rms(min_scale: float = 1e-3) -> GradientTransformation:
         check_structure(updates, params, "the params")
         return jax.tree.map(leafwise(rescale), updates, params)
 
-    return stateless(update_fn)
+    return needs_params_tree(
+        stateless(update_fn), "scale_by_param_block_rms: scales each leaf by its params' RMS"
+    )
 
 
 class ScaleByRelativeStepState(NamedTuple):

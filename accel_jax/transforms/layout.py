@@ -8,7 +8,11 @@ import jax
 import jax.numpy as jnp
 
 from accel_jax import _validation as v
-from accel_jax.base import GradientTransformation, GradientTransformationExtraArgs
+from accel_jax.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    forward_params_tree,
+)
 from accel_jax.combine import _call_update
 
 
@@ -49,4 +53,4 @@ def flatten(inner: GradientTransformation) -> GradientTransformationExtraArgs:
         flat, state = _call_update(inner, _concat(updates), state, flat_params, extra_args)
         return unflatten(updates, flat), state
 
-    return GradientTransformationExtraArgs(init_fn, update_fn)
+    return forward_params_tree(GradientTransformationExtraArgs(init_fn, update_fn), inner)

@@ -8,7 +8,12 @@ import jax
 import jax.numpy as jnp
 
 from accel_jax import _validation as v
-from accel_jax.base import GradientTransformation, GradientTransformationExtraArgs, require_params
+from accel_jax.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    forward_params_tree,
+    require_params,
+)
 from accel_jax.combine import _call_update
 from accel_jax.hyperparams import increment
 
@@ -84,4 +89,4 @@ def lookahead(
         steps = increment(state.steps_since_sync) % sync_period
         return out, LookaheadState(fast_state, steps, slow)
 
-    return GradientTransformationExtraArgs(init_fn, update_fn)
+    return forward_params_tree(GradientTransformationExtraArgs(init_fn, update_fn), fast_optimizer)

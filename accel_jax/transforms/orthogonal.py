@@ -36,6 +36,7 @@ from accel_jax.base import (
     ScalarOrSchedule,
     check_structure,
     compute_dtype,
+    needs_params_tree,
 )
 from accel_jax.combine import MaskedNode
 from accel_jax.hyperparams import current_hyperparams, increment, init_state
@@ -390,7 +391,10 @@ def scale_by_muon(
             ScaleByMuonState(count, hp, jax.tree.unflatten(treedef, mus)),
         )
 
-    return GradientTransformation(init_fn, update_fn)
+    return needs_params_tree(
+        GradientTransformation(init_fn, update_fn),
+        "scale_by_muon: orthogonalizes each matrix leaf",
+    )
 
 
 __all__ = [

@@ -36,6 +36,7 @@ from accel_jax.base import (
     compute_dtype,
     is_trainable,
     leafwise,
+    needs_params_tree,
     require_params,
     stateless,
 )
@@ -214,7 +215,8 @@ def max_norm(
         stepped = apply_updates(params, updates)
         return jax.tree.map(leafwise(constrain), updates, params, stepped)
 
-    return _with_mask(stateless(update_fn), mask)
+    tx = needs_params_tree(stateless(update_fn), "max_norm: each unit's norm of a leaf")
+    return _with_mask(tx, mask)
 
 
 # --------------------------------------------------------------------------- magnitude pruning
@@ -380,4 +382,7 @@ def prune_by_magnitude(
         updates = jax.tree.map(leafwise(apply), updates, params, masks)
         return updates, PruneByMagnitudeState(increment(state.count), masks)
 
-    return _with_mask(GradientTransformation(init_fn, update_fn), mask)
+    tx = GradientTransformation(init_fn, update_fn)
+    if scope == "per_leaf":
+        tx = needs_params_tree(tx, "prune_by_magnitude(scope='per_leaf'): a threshold per leaf")
+    return _with_mask(tx, mask)

@@ -13,6 +13,7 @@ from accel_jax.base import (
     ScalarOrSchedule,
     compute_dtype,
     leafwise,
+    needs_params_tree,
     stateless,
 )
 from accel_jax.hyperparams import current_hyperparams, increment, init_state
@@ -140,4 +141,5 @@ def centralize() -> GradientTransformation:
         x = g.astype(dt)
         return (x - x.mean(axis=tuple(range(1, g.ndim)), keepdims=True)).astype(g.dtype)
 
-    return stateless(lambda updates, params: jax.tree.map(leafwise(center), updates))
+    tx = stateless(lambda updates, params: jax.tree.map(leafwise(center), updates))
+    return needs_params_tree(tx, "centralize: a mean per row of each leaf")

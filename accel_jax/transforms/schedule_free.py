@@ -25,6 +25,7 @@ from accel_jax.base import (
     ScalarOrSchedule,
     check_structure,
     compute_dtype,
+    forward_params_tree,
     is_trainable,
     leafwise,
     require_params,
@@ -192,7 +193,7 @@ def schedule_free(
         )
         return new_updates, new_state
 
-    return GradientTransformationExtraArgs(init_fn, update_fn)
+    return forward_params_tree(GradientTransformationExtraArgs(init_fn, update_fn), base_optimizer)
 
 
 def _find_states(state: Any) -> list[ScheduleFreeState]:

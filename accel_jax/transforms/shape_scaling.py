@@ -15,7 +15,12 @@ import jax.numpy as jnp
 import optax
 
 from accel_jax import _validation as v
-from accel_jax.base import GradientTransformation, ScalarOrSchedule, compute_dtype
+from accel_jax.base import (
+    GradientTransformation,
+    ScalarOrSchedule,
+    compute_dtype,
+    needs_params_tree,
+)
 from accel_jax.hyperparams import current_hyperparams, float_dtype, increment, init_hyperparams
 from accel_jax.transforms.orthogonal import fans, leaf_dimension_numbers
 
@@ -119,7 +124,9 @@ def scale_by_shape(
         hp = {"learning_rate": lr, **adjusted(lr, updates)}
         return updates, ScaleByShapeState(increment(state.count), hp)
 
-    return GradientTransformation(init_fn, update_fn)
+    return needs_params_tree(
+        GradientTransformation(init_fn, update_fn), "scale_by_shape: scales each leaf by its shape"
+    )
 
 
 __all__ = ["ScaleByShapeState", "scale_by_shape", "shape_scale"]

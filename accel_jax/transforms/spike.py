@@ -14,7 +14,11 @@ import jax
 import jax.numpy as jnp
 
 from accel_jax import _validation as v
-from accel_jax.base import GradientTransformation, GradientTransformationExtraArgs
+from accel_jax.base import (
+    GradientTransformation,
+    GradientTransformationExtraArgs,
+    forward_params_tree,
+)
 from accel_jax.hyperparams import increment
 from accel_jax.transforms.clipping import global_norm
 from accel_jax.transforms.guards import run_inner_if
@@ -98,4 +102,4 @@ def skip_gradient_spikes(
             inner_state=inner_state,
         )
 
-    return GradientTransformationExtraArgs(init_fn, update_fn)
+    return forward_params_tree(GradientTransformationExtraArgs(init_fn, update_fn), inner)

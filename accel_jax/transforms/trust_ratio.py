@@ -23,6 +23,7 @@ from accel_jax.base import (
     check_structure,
     compute_dtype,
     leafwise,
+    needs_params_tree,
     require_params,
 )
 from accel_jax.combine import masked
@@ -120,5 +121,8 @@ def scale_by_trust_ratio(
         updates = jax.tree.map(leafwise(rescale), updates, params)
         return updates, ScaleByTrustRatioState(increment(state.count), hp)
 
-    tx = GradientTransformation(init_fn, update_fn)
+    tx = needs_params_tree(
+        GradientTransformation(init_fn, update_fn),
+        "scale_by_trust_ratio: one trust ratio ||w|| / ||u|| per leaf",
+    )
     return tx if _is_everything(mask) else masked(tx, mask)
