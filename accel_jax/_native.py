@@ -229,8 +229,8 @@ def _adam8(s, leaf, p, g, m_codes, m_scale, r_codes, r_scale):
     m = s[0] * m + s[1] * g
     v = s[2] * (r * r) + s[3] * (g * g)
     u = (m / s[4]) / (jnp.sqrt(v / s[5] + s[6]) + s[7]) + leaf * p
-    qm = quantize(m, block, salt=2 * count)
-    qr = quantize(jnp.sqrt(v), block, salt=2 * count + 1)
+    qm = quantize(m, block, salt=count, field=0)
+    qr = quantize(jnp.sqrt(v), block, salt=count, field=1)
     return p + u * s[8], (qm.codes, qm.scale, qr.codes, qr.scale)
 
 

@@ -37,8 +37,8 @@
 // S = 4 slots per leaf: m codes (u8[blocks, B]), m scales (f32[blocks]), codes and
 // scales of r = sqrt(v); K = 10: Adam's nine, then the step count's int32 bits. One
 // pass per block: decode, Adam's update (as above, v = r*r), then encode m and
-// sqrt(v) with the same stochastic rounding as quantize() (a hash of the index
-// and the salt 2*count, 2*count + 1).
+// sqrt(v) with the same stochastic rounding as quantize() (one hash of the index
+// and the count per value: m's threshold from its high 16 bits, sqrt(v)'s from its low).
 #include <algorithm>
 #include <atomic>
 #include <cmath>
@@ -334,14 +334,22 @@ inline float Select(bool c, float x, float y) {
   return Float((Bits(x) & mask) | (Bits(y) & ~mask));
 }
 
-inline float Decode(uint8_t code, float unit) {  // unit = scale * (1 / 448)
+// The magnitude's float: codes 8-127 are normal floats (exponent and mantissa in place, the
+// exponent re-biased by 120); codes 0-7 are read as the normal float 2^-6 * (1 + code / 8),
+// less 2^-6 (exact): code * 2^-9.
+inline float Magnitude(uint8_t code) {
   const uint32_t mag = code & 0x7Fu;
-  const float normal = Float((mag + (120u << 3)) << 20);
-  const float sub = static_cast<float>(static_cast<int32_t>(mag)) * 0x1p-9f;
-  const uint32_t sign = static_cast<uint32_t>(code & 0x80u) << 24;  // exactly -x
-  return Float(Bits(Select(mag >= 8, normal, sub)) ^ sign) * unit;
+  const bool sub = mag < 8;
+  return Float((mag + (120u << 3) + (static_cast<uint32_t>(sub) << 3)) << 20) -
+         Select(sub, 0x1p-6f, 0.0f);
 }
 
+inline float Decode(uint8_t code, float unit) {  // unit = scale * (1 / 448)
+  const uint32_t sign = static_cast<uint32_t>(code & 0x80u) << 24;  // exactly -x
+  return Float(Bits(Magnitude(code)) ^ sign) * unit;
+}
+
+// murmur3's finaliser of the position and the salt term (count * 0x632BE5AB).
 inline uint32_t Hash(uint32_t index, uint32_t salt_term) {
   uint32_t h = (index * 0x9E3779B9u) ^ salt_term;
   h ^= h >> 16;
@@ -352,24 +360,27 @@ inline uint32_t Hash(uint32_t index, uint32_t salt_term) {
   return h;
 }
 
-inline uint8_t Encode(float x, float inv, uint32_t index, uint32_t salt_term) {
+// The stochastic rounding thresholds, in units of 2^-20 of a code step: m's from the
+// hash's high 16 bits, sqrt(v)'s from its low 16, each 16 * k + 8 (k in [0, 2^16)).
+inline int32_t ThresholdM(uint32_t h) { return static_cast<int32_t>(((h >> 12) & 0xFFFF0u) | 8u); }
+inline int32_t ThresholdR(uint32_t h) { return static_cast<int32_t>(((h << 4) & 0xFFFF0u) | 8u); }
+
+// a = min(|x * inv|, 448); below 2^-6 (the subnormal codes) a + 2^-6 is encoded instead, as
+// a normal float, less 8 codes. The code is the float's exponent and top 3 mantissa bits,
+// the fraction of a code step its 20 other mantissa bits; round up when t < fraction.
+// kSigned = false: x is +0, positive or NaN (sqrt(v)), and the code's sign bit 0 as well.
+template <bool kSigned>
+inline uint8_t Encode(float x, float inv, int32_t t) {
   const float y = x * inv;
-  const float ay = std::fabs(y);
+  const float ay = kSigned ? std::fabs(y) : y;
   const float a = Select(448.0f < ay, 448.0f, ay);  // NaN stays NaN, as jnp.minimum
-  const uint32_t bits = Bits(a);
   const bool normal = a >= 0x1p-6f;
-  const float sub = a * 512.0f;  // used below 2^-6 only: in [0, 8), where floor = truncation
-  const int32_t sub_code = static_cast<int32_t>(sub);  // (std::floor does not vectorize)
-  const float fl = static_cast<float>(sub_code);
-  const int32_t normal_code = static_cast<int32_t>(bits >> 20) - (120 << 3);
-  const int32_t mask = -static_cast<int32_t>(normal);
-  int32_t code = (normal_code & mask) | (sub_code & ~mask);
-  const float frac = Select(
-      normal, static_cast<float>(static_cast<int32_t>(bits & 0xFFFFFu)) * 0x1p-20f, sub - fl);
-  const float u = static_cast<float>(static_cast<int32_t>(Hash(index, salt_term) >> 8)) * 0x1p-24f;
-  code += static_cast<int32_t>(u < frac);
-  code = std::min(code, 0x7E);
-  code = std::max(code, 0);  // a NaN value: code 0, as XLA converts NaN to 0
+  const uint32_t bits = Bits(Select(normal, a, a + 0x1p-6f));
+  int32_t code = static_cast<int32_t>(bits >> 20) - ((120 << 3) + 8) +
+                 (static_cast<int32_t>(normal) << 3);
+  code += static_cast<int32_t>(t < static_cast<int32_t>(bits & 0xFFFFFu));
+  code = std::min(code, 0x7E);  // a NaN value: 0x7E (its block's scale is NaN)
+  if (!kSigned) return static_cast<uint8_t>(code);
   return static_cast<uint8_t>(code | (static_cast<int32_t>(y < 0.0f) << 7));
 }
 
@@ -390,24 +401,18 @@ struct Adam8Leaf {
   float wd;
 };
 
-void EncodeBlock(const float* x, int64_t n, float inv, uint32_t index0, uint32_t salt_term,
-                 uint8_t* codes) {
-#pragma GCC ivdep
-  for (int64_t k = 0; k < n; ++k) {
-    codes[k] = Encode(x[k], inv, index0 + static_cast<uint32_t>(k), salt_term);
-  }
-}
-
-// Blocks [b0, b1) of one leaf; m and r (= sqrt(v)) are staged in `buf` (2 * block floats).
+// Blocks [b0, b1) of one leaf; m and r (= sqrt(v)) are staged in `buf` (2 * block floats),
+// the hashes in `hash` (block values). Separate loops for the hashes and each moment's codes
+// are faster than one (fewer live vectors: the byte loops run 64 values per iteration).
 template <bool kNoEpsRoot>
-void Adam8Blocks(const float* s, const Adam8Leaf& L, int64_t b0, int64_t b1, float* buf) {
+void Adam8Blocks(const float* s, const Adam8Leaf& L, int64_t b0, int64_t b1, float* buf,
+                 uint32_t* hash) {
   const float b1c = s[0], c1 = s[1], b2 = s[2], c2 = s[3];
   const float inv_bc1 = 1.0f / s[4], inv_bc2 = 1.0f / s[5], inv_sqrt_bc2 = 1.0f / std::sqrt(s[5]);
   const float eps_root = s[6], eps = s[7], neg_lr = s[8];
   uint32_t count;
   std::memcpy(&count, &s[9], 4);
-  const uint32_t salt_m = (2u * count) * 0x632BE5ABu;
-  const uint32_t salt_r = (2u * count + 1u) * 0x632BE5ABu;
+  const uint32_t salt = count * 0x632BE5ABu;
   const int64_t B = L.block;
   float* m = buf;
   float* r = buf + B;
@@ -427,7 +432,7 @@ void Adam8Blocks(const float* s, const Adam8Leaf& L, int64_t b0, int64_t b1, flo
 #pragma GCC ivdep
     for (int64_t k = 0; k < n; ++k) {
       const float gk = g[k], pk = p[k];
-      const float r_old = Decode(rc[k], ru);
+      const float r_old = Magnitude(rc[k]) * ru;  // squared below: its sign is irrelevant
       const float mk = b1c * Decode(mc[k], mu) + c1 * gk;
       const float vk = b2 * (r_old * r_old) + c2 * (gk * gk);
       const float rk = std::sqrt(vk);
@@ -447,8 +452,13 @@ void Adam8Blocks(const float* s, const Adam8Leaf& L, int64_t b0, int64_t b1, flo
     const float minv = mmax > 0.0f ? 448.0f / mmax : 0.0f;
     const float rinv = rmax > 0.0f ? 448.0f / rmax : 0.0f;
     const uint32_t index0 = static_cast<uint32_t>(start);
-    EncodeBlock(m, B, minv, index0, salt_m, L.mc_out + start);
-    EncodeBlock(r, B, rinv, index0, salt_r, L.rc_out + start);
+    for (int64_t k = 0; k < B; ++k) hash[k] = Hash(index0 + static_cast<uint32_t>(k), salt);
+    uint8_t* mc_out = L.mc_out + start;
+    uint8_t* rc_out = L.rc_out + start;
+#pragma GCC ivdep
+    for (int64_t k = 0; k < B; ++k) mc_out[k] = Encode<true>(m[k], minv, ThresholdM(hash[k]));
+#pragma GCC ivdep
+    for (int64_t k = 0; k < B; ++k) rc_out[k] = Encode<false>(r[k], rinv, ThresholdR(hash[k]));
     L.ms_out[b] = mmax;
     L.rs_out[b] = rmax;
   }
@@ -519,11 +529,13 @@ ffi::Error Adam8Handler(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars,
   const float* s = scalars.typed_data();
   ParallelFor(pool, std::move(units), total, [s, &leaves, max_block](const Unit& u) {
     thread_local std::vector<float> buf;
+    thread_local std::vector<uint32_t> hash;
     if (static_cast<int64_t>(buf.size()) < 2 * max_block) buf.resize(2 * max_block);
+    if (static_cast<int64_t>(hash.size()) < max_block) hash.resize(max_block);
     if (s[6] == 0.0f) {
-      Adam8Blocks<true>(s, leaves[u.leaf], u.begin, u.end, buf.data());
+      Adam8Blocks<true>(s, leaves[u.leaf], u.begin, u.end, buf.data(), hash.data());
     } else {
-      Adam8Blocks<false>(s, leaves[u.leaf], u.begin, u.end, buf.data());
+      Adam8Blocks<false>(s, leaves[u.leaf], u.begin, u.end, buf.data(), hash.data());
     }
   });
   return ffi::Error::Success();

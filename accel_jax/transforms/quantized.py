@@ -14,7 +14,8 @@ The scheme (a documented simplification of bitsandbytes' dynamic map):
   is exponent-based: a code step is at most 1/8 of the value whatever its
   magnitude, down to 1/200,000 of the block maximum;
 * rounding is stochastic (up with probability the fraction of a code step, from a
-  stateless hash of position and step), so the decoded moment is unbiased:
+  stateless hash of position and step: one hash per value, its high 16 bits for
+  ``m``, its low 16 bits for ``sqrt(v)``), so the decoded moment is unbiased:
   Adam's ``v`` changes by 0.1% per step, far less than a code step, and
   round-to-nearest would freeze it;
 * the first moment ``m`` is stored signed; the second moment is stored as its
@@ -103,35 +104,42 @@ def _check_quantized_sizes(updates: Any, mu: Any, block_size: int) -> None:
             )
 
 
-def _uniform_hash(x: jax.Array, salt: jax.Array) -> jax.Array:
-    """Pseudo-random numbers in [0, 1), one per element of the 2-D float32 ``x``.
+def _thresholds(shape: tuple[int, int], salt: jax.Array, field: int) -> jax.Array:
+    """Stochastic rounding thresholds in [0, 2**20) (int32), one per element of ``shape``.
 
     A hash (murmur3's finaliser) of the position and ``salt`` (an int32 that
-    changes every step): deterministic, stateless and cheap. Not of the value's
-    bits: a last-bit difference in the value (another order of float operations,
-    as in the native kernel ``accel_jax_adam8_f32``) then changes a code only when
-    the fraction of a code step lies within that difference of the threshold.
+    changes every step): deterministic, stateless and cheap. One hash serves two
+    encodings: ``field`` 0 takes its high 16 bits (``m``), 1 its low 16 bits
+    (``sqrt(v)``), each as ``16 * k + 8`` in units of 2**-20 of a code step. Not of
+    the value's bits: a last-bit difference in the value (another order of float
+    operations, as in the native kernel ``accel_jax_adam8_f32``) then changes a code
+    only when the fraction of a code step lies within that difference of the threshold.
     """
-    index = jax.lax.broadcasted_iota(jnp.uint32, x.shape, 0) * jnp.uint32(x.shape[1])
-    index = index + jax.lax.broadcasted_iota(jnp.uint32, x.shape, 1)
+    index = jax.lax.broadcasted_iota(jnp.uint32, shape, 0) * jnp.uint32(shape[1])
+    index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, 1)
     h = (index * jnp.uint32(0x9E3779B9)) ^ (salt.astype(jnp.uint32) * jnp.uint32(0x632BE5AB))
     h = h ^ (h >> 16)
     h = h * jnp.uint32(0x85EBCA6B)
     h = h ^ (h >> 13)
     h = h * jnp.uint32(0xC2B2AE35)
     h = h ^ (h >> 16)
-    return (h >> 8).astype(jnp.float32) * jnp.float32(2.0**-24)
+    t = (h >> 12) & 0xFFFF0 if field == 0 else (h << 4) & 0xFFFF0
+    return (t | 8).astype(jnp.int32)
 
 
-def quantize(x: jax.Array, block_size: int = 256, salt: Any = None) -> QuantizedArray:
+def quantize(
+    x: jax.Array, block_size: int = 256, salt: Any = None, field: int = 0
+) -> QuantizedArray:
     """Block-wise 8-bit encoding of ``x`` (any shape, real floating dtype).
 
     Each value is divided by its block's absolute maximum (mapped to 448) and
     rounded to a ``float8_e4m3fn`` code: to the nearest (half up) without
-    ``salt``; with an int32 ``salt``, stochastically (up with probability the
-    fraction of a code step, so the expected code is the value), which keeps a
-    slowly changing moment from sticking at a code (an update smaller than half a
-    code step would otherwise always round back to the old value).
+    ``salt``; with an int32 ``salt`` (Adam: the step count), stochastically (up
+    with probability the fraction of a code step, to 2**-16, so the expected code
+    is the value), which keeps a slowly changing moment from sticking at a code (an
+    update smaller than half a code step would otherwise always round back to the
+    old value). ``field`` (0 or 1) picks one of two independent thresholds per
+    position and salt (Adam: 0 for ``m``, 1 for ``sqrt(v)``).
     """
     flat = x.astype(jnp.float32).reshape(-1)
     blocks = -(-flat.size // block_size)
@@ -144,20 +152,15 @@ def quantize(x: jax.Array, block_size: int = 256, salt: Any = None) -> Quantized
     y = flat * inv[:, None]
     a = jnp.minimum(jnp.abs(y), _CODE_MAX)
     # Positive float8_e4m3fn codes are consecutive integers in value order: the
-    # code at or below ``a`` and the fraction of a code step above it, from the
-    # float32 bits (normal range, 3 mantissa bits) or from a * 2**9 (subnormals).
-    bits = jax.lax.bitcast_convert_type(a, jnp.uint32)
+    # code at or below ``a`` is the float32's exponent and top 3 mantissa bits
+    # (re-biased), the fraction of a code step its 20 other bits. Below 2**-6 (the
+    # subnormal codes, steps of 2**-9) ``a + 2**-6`` is read instead, less 8 codes.
     normal = a >= 2.0**-6
-    sub = a * 512.0
-    sub_code = jnp.floor(sub)
-    code = jnp.where(
-        normal, (bits >> 20).astype(jnp.int32) - (120 << 3), sub_code.astype(jnp.int32)
-    )
-    frac = jnp.where(
-        normal, (bits & 0xFFFFF).astype(jnp.float32) * jnp.float32(2.0**-20), sub - sub_code
-    )
-    up = frac >= 0.5 if salt is None else _uniform_hash(flat, salt) < frac
-    code = jnp.minimum(code + up.astype(jnp.int32), _MAX_CODE)
+    bits = jax.lax.bitcast_convert_type(jnp.where(normal, a, a + 2.0**-6), jnp.uint32)
+    code = (bits >> 20).astype(jnp.int32) - jnp.where(normal, 120 << 3, (120 << 3) + 8)
+    frac = (bits & 0xFFFFF).astype(jnp.int32)
+    up = frac >= 1 << 19 if salt is None else _thresholds(flat.shape, salt, field) < frac
+    code = jnp.minimum(code + up.astype(jnp.int32), _MAX_CODE)  # NaN: 0x7E (scale NaN)
     code = jnp.where(y < 0, code | 0x80, code)
     return QuantizedArray(code.astype(jnp.uint8), scale)
 
@@ -254,8 +257,8 @@ def scale_by_adam_8bit(
             if quantized:
                 return _Leaf(
                     u,
-                    quantize(m_new, block_size, salt=2 * count),
-                    quantize(jnp.sqrt(v_new), block_size, salt=2 * count + 1),
+                    quantize(m_new, block_size, salt=count, field=0),
+                    quantize(jnp.sqrt(v_new), block_size, salt=count, field=1),
                 )
             return _Leaf(u, m_new.astype(m.dtype), v_new.astype(r.dtype))
 
