@@ -65,6 +65,9 @@ def compile_time(impl, leaves, size, train_step=False):
     else:
         fn = jax_step(tx) if lib == "optax" else aj.make_step(
             tx, kernel=False if impl.endswith(" xla") else None)
+    jax.block_until_ready((params, state))
+    global _BEFORE_COMPILE_MB
+    _BEFORE_COMPILE_MB = _rss_mb()  # params, state and the runtime already in memory
     t0 = time.perf_counter()
     compiled = fn.lower(params, state, grads).compile()
     seconds = time.perf_counter() - t0
@@ -96,11 +99,12 @@ def flat_times(leaves: int) -> dict:
 
 
 def compile_in_child(impl: str, leaves: int, size: int) -> dict:
-    """:func:`compile_time` in a fresh process: seconds, and the peak RSS it added (MB)."""
+    """:func:`compile_time` in a fresh process: seconds, and the peak RSS the compile added
+    (MB) over the memory in use when it began (the runtime, params and state)."""
     code = (
-        "import json, resource, sys; from benchmarks.compile_time import compile_time, _rss_mb;"
-        f"base = _rss_mb(); s = compile_time({impl!r}, {leaves}, {size});"
-        "print(json.dumps({'seconds': s, 'rss_mb': _rss_mb() - base}))"
+        "import json; from benchmarks import compile_time as c;"
+        f"s = c.compile_time({impl!r}, {leaves}, {size});"
+        "print(json.dumps({'seconds': s, 'rss_mb': c._peak_rss_mb() - c._BEFORE_COMPILE_MB}))"
     )
     root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
     env = {**os.environ, "PYTHONPATH": root}
@@ -109,7 +113,16 @@ def compile_in_child(impl: str, leaves: int, size: int) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+_BEFORE_COMPILE_MB = 0.0  # resident memory when compile_time's last compile began
+
+
 def _rss_mb() -> float:
+    """Resident memory now (MB), from /proc (Linux): the baseline of the peak below."""
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith("VmRSS:")) / 1024
+
+
+def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KB on Linux
 
 
