@@ -45,7 +45,15 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import accel_jax as aj  # noqa: E402
-from benchmarks.step_time import LR, Triad, interleaved, machine, summarize  # noqa: E402
+from benchmarks.step_time import (  # noqa: E402
+    LR,
+    Triad,
+    choices,
+    interleaved,
+    machine,
+    summarize,
+    use_torch,
+)
 
 # Ideal bytes per parameter (float32 params and grads): reads + writes of each array.
 # 8-bit Adam: 1-byte codes of m and sqrt(v), plus one float32 scale per 256 values each.
@@ -194,21 +202,13 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     n = (1 << 20) if args.quick else args.size
     repeats = args.repeats or (3 if args.quick else 9)
-    opts = [o for o in args.optimizers.split(",") if o]
-    for o in opts:
-        if o not in OPTIMIZERS:
-            ap.error(f"unknown optimizer {o!r}; choose from {OPTIMIZERS}")
-    have_torch = False
-    if not args.no_torch:
-        try:
-            import torch
-
-            torch.set_num_threads(os.cpu_count() or 1)
-            have_torch = True
-        except ImportError:
-            print("torch is not installed: its rows and its stream rate are skipped")
+    opts = choices(ap, args.optimizers, OPTIMIZERS)
+    have_torch = use_torch(
+        args.no_torch, "torch is not installed: its rows and its stream rate are skipped")
     info = machine()
     if have_torch:
+        import torch
+
         info["torch_threads"] = torch.get_num_threads()
         info["OMP_WAIT_POLICY"] = os.environ.get("OMP_WAIT_POLICY")
     info["native"] = aj.native_status()

@@ -125,6 +125,29 @@ def torch_optimizer(name, params, mode):
 # --------------------------------------------------------------------------- timing
 
 
+def choices(ap, text: str, allowed, what: str = "optimizer") -> list[str]:
+    """The comma-separated names of ``text``; an argparse error for one not in ``allowed``."""
+    chosen = [x for x in text.split(",") if x]
+    for x in chosen:
+        if x not in allowed:
+            ap.error(f"unknown {what} {x!r}; choose from {tuple(allowed)}")
+    return chosen
+
+
+def use_torch(disabled: bool, missing: str | None = None) -> bool:
+    """Whether torch is installed and wanted (its threads then use every core)."""
+    if disabled:
+        return False
+    try:
+        import torch
+    except ImportError:
+        if missing:
+            print(missing)
+        return False
+    torch.set_num_threads(os.cpu_count() or 1)
+    return True
+
+
 def summarize(times) -> dict:
     t = np.asarray(times)
     q1, med, q3 = np.percentile(t, [25, 50, 75])
@@ -422,21 +445,10 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     repeats = args.repeats or (3 if args.quick else 9)
     trees = [t for t in args.trees.split(",") if t]
-    opts = [o for o in args.optimizers.split(",") if o]
-    for o in opts:
-        if o not in OPTIMIZERS:
-            ap.error(f"unknown optimizer {o!r}; choose from {OPTIMIZERS}")
+    opts = choices(ap, args.optimizers, OPTIMIZERS)
     spec = args.compile_leaves or ("10,20" if args.quick else "100,1000,10000")
     compile_leaves = [int(x) for x in spec.split(",") if x and spec != "none"]
-    have_torch = False
-    if not args.no_torch:
-        try:
-            import torch
-
-            torch.set_num_threads(os.cpu_count() or 1)
-            have_torch = True
-        except ImportError:
-            pass
+    have_torch = use_torch(args.no_torch)
 
     from benchmarks.compile_time import compile_in_child, compile_time, flat_times, train_share
 
@@ -445,10 +457,7 @@ def main(argv=None) -> dict:
     print("machine:", json.dumps(results["machine"]))
 
     n_a = sum(int(np.prod(s)) for s in tree_shapes("A", args.quick))
-    impls = [i for i in args.impls.split(",") if i]
-    for i in impls:
-        if i not in IMPLS:
-            ap.error(f"unknown implementation {i!r}; choose from {IMPLS}")
+    impls = choices(ap, args.impls, IMPLS, "implementation")
     impls = ["optax"] + [i for i in impls if i != "optax"]  # the ratios' baseline first
     torch_modes = ["for-loop", "foreach"] if have_torch else []
     triads = []

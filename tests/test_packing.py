@@ -46,6 +46,15 @@ ELEMENTWISE = {
 }
 
 
+def _side_by_side(step_a, state_a, step_b, state_b, params, steps=2):
+    """Both steps from the same params over the same gradients: ``(a, state_a, b, state_b)``."""
+    a, b = params, params
+    for i in range(steps):
+        a, state_a = step_a(a, state_a, random_grads(params, i))
+        b, state_b = step_b(b, state_b, random_grads(params, i))
+    return a, state_a, b, state_b
+
+
 def _close(a, b, rtol=1e-6):
     for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
         x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
@@ -127,10 +136,7 @@ def test_padding_keeps_the_values_and_pads_every_buffer():
     step = jax.jit(lambda p, s, g: aj.apply_step(tx, p, s, g, kernel=False))
     ref = aj.pack_state(aj.adam(1e-2))
     ref_step = jax.jit(lambda p, s, g: aj.apply_step(ref, p, s, g, kernel=False))
-    a, sa, b, sb = params, state, params, ref.init(params)
-    for i in range(2):
-        a, sa = step(a, sa, random_grads(params, i))
-        b, sb = ref_step(b, sb, random_grads(params, i))
+    a, sa, b, sb = _side_by_side(step, state, ref_step, ref.init(params), params)
     _close(a, b)
     tail = np.asarray(sa[0].nu["float32"])[sb[0].nu["float32"].shape[0]:]
     np.testing.assert_array_equal(tail, 0.0)  # the padding's gradients are zero
@@ -151,10 +157,7 @@ def test_zero1_splits_the_padded_buffers_over_the_data_axis():
                    out_shardings=(replicated, shardings))
     ref = aj.adamw(1e-2, weight_decay=0.1)
     ref_step = jax.jit(lambda p, s, g: aj.apply_step(ref, p, s, g, kernel=False))
-    a, sa, b, sb = params, state, params, ref.init(params)
-    for i in range(2):
-        a, sa = step(a, sa, random_grads(params, i))
-        b, sb = ref_step(b, sb, random_grads(params, i))
+    a, sa, b, sb = _side_by_side(step, state, ref_step, ref.init(params), params)
     _close(a, b)
     assert sa[0].mu["float32"].sharding.spec == P("data")
 
@@ -184,10 +187,7 @@ def _kernel_agrees(tx, target, params, steps=3):
     state = tx.init(params)
     text = with_kernel.lower(params, state, params).as_text()
     assert f"custom_call @{target}(" in text
-    a, sa, b, sb = params, state, params, state
-    for i in range(steps):
-        a, sa = with_kernel(a, sa, random_grads(params, i))
-        b, sb = xla(b, sb, random_grads(params, i))
+    a, sa, b, sb = _side_by_side(with_kernel, state, xla, state, params, steps)
     codes = [x for x in jax.tree.leaves(sa) if x.dtype == jnp.uint8]
     if codes:  # 8-bit codes: the kernel's rounding equals the XLA path's
         ref = [x for x in jax.tree.leaves(sb) if x.dtype == jnp.uint8]

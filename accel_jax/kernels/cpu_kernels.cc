@@ -254,16 +254,19 @@ ffi::Error Run(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> scalars, size_t num_s
 
 // The per-kernel part: slots and their dtype, scalar count, and how one range of one
 // leaf is computed (operands in the order documented at the top).
-struct Adam {
+// Adam with moments of type T (float, or bfloat16 bits) computed by `Loop`.
+template <ffi::DataType D, typename T_, auto Loop>
+struct AdamOp {
   static constexpr int kSlots = 2;
   static constexpr size_t kScalars = 9;
-  static constexpr ffi::DataType kDtype = ffi::DataType::F32;
-  using T = float;
+  static constexpr ffi::DataType kDtype = D;
+  using T = T_;
   static void Apply(const float* s, const Leaf<2, T>& L, int64_t b, int64_t e) {
-    AdamLoop(e - b, s, L.leaf_scalar, L.p + b, L.g + b, L.slot[0] + b, L.slot[1] + b,
-             L.p_out + b, L.slot_out[0] + b, L.slot_out[1] + b);
+    Loop(e - b, s, L.leaf_scalar, L.p + b, L.g + b, L.slot[0] + b, L.slot[1] + b,
+         L.p_out + b, L.slot_out[0] + b, L.slot_out[1] + b);
   }
 };
+using Adam = AdamOp<ffi::DataType::F32, float, AdamLoop>;
 
 struct Momentum {
   static constexpr int kSlots = 1;
@@ -578,16 +581,7 @@ void AdamBf16Loop(int64_t n, const float* s, float wd, const float* p, const flo
   }
 }
 
-struct AdamBf16 {
-  static constexpr int kSlots = 2;
-  static constexpr size_t kScalars = 9;
-  static constexpr ffi::DataType kDtype = ffi::DataType::BF16;
-  using T = uint16_t;
-  static void Apply(const float* s, const Leaf<2, T>& L, int64_t b, int64_t e) {
-    AdamBf16Loop(e - b, s, L.leaf_scalar, L.p + b, L.g + b, L.slot[0] + b, L.slot[1] + b,
-                 L.p_out + b, L.slot_out[0] + b, L.slot_out[1] + b);
-  }
-};
+using AdamBf16 = AdamOp<ffi::DataType::BF16, uint16_t, AdamBf16Loop>;
 
 }  // namespace
 
