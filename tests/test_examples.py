@@ -280,3 +280,12 @@ def test_schedule_free_eval_and_checkpoint(tmp_path):
     x, y = jax.tree.leaves(out["eval_params"]), jax.tree.leaves(out["params"])
     assert not all(np.allclose(a, b) for a, b in zip(x, y, strict=True))
     assert (tmp_path / "sf_checkpoints").is_dir()
+
+
+def test_packed_state_follows_the_tree_run(tmp_path):
+    out = load("packed_state").main(["--quick", "--out", str(tmp_path)])
+    packed, tree = out["aj.pack_state(aj.adamw)"], out["aj.adamw"]
+    assert out["max_relative_difference"] < 1e-5  # same values per parameter
+    assert packed["state_buffers"] < 10 < tree["state_buffers"]  # one buffer per dtype
+    assert packed["losses"][-1] < packed["losses"][0]
+    assert packed["losses"] == pytest.approx(tree["losses"], rel=1e-5)
